@@ -23,6 +23,7 @@ __all__ = [
     "OutboundMessage",
     "Permit",
     "PermitError",
+    "OutcomeUnknown",
     "PermanentSendError",
     "RecipientRefused",
     "RetryableSendError",
@@ -133,6 +134,13 @@ class RetryableSendError(SendError):
 
 class PermanentSendError(SendError):
     """Will never succeed as it is (invalid number, message refused): the message fails."""
+
+
+class OutcomeUnknown(PermanentSendError):
+    """The request may have reached the provider but no answer came back (a read timeout, a
+    dropped connection after sending). Trying again could put a second copy on someone's
+    phone, so the message is not retried: it fails with this reason, and a later provider
+    status callback can still correct it."""
 
 
 class RecipientRefused(PermanentSendError):

@@ -1,0 +1,47 @@
+"""The ``log`` provider: writes what would be sent to the log instead of sending it.
+
+It is the embedded default, so a fresh install runs with no provider accounts. It checks the
+permit like every adapter. It never logs a message body, only its length and a digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+import structlog
+
+from adapters.base import OutboundMessage, Permit, SendResult
+
+__all__ = ["LogChannel"]
+
+_log = structlog.get_logger("consentgate.provider.log")
+_counter = itertools.count(1)
+
+
+def _mask(address: str) -> str:
+    if "@" in address:
+        local, _, domain = address.partition("@")
+        return f"{local[:1]}***@{domain}"
+    return f"{address[:3]}***{address[-2:]}" if len(address) > 4 else "***"
+
+
+class LogChannel:
+    def __init__(self, channel: str, *, rate_per_second: float = 100.0,
+                 sender: str = "log") -> None:
+        self.channel = channel
+        self.rate_per_second = rate_per_second
+        self.sender_key = f"log:{sender}:{channel}"
+        self.sent: list[OutboundMessage] = []  # what a demo or test can inspect in-process
+
+    async def send(self, message: OutboundMessage, permit: Permit) -> SendResult:
+        permit.check(message)
+        provider_id = f"log-{next(_counter)}"
+        self.sent.append(message)
+        _log.info("provider.log.would_send", provider_id=provider_id, kind=message.kind,
+                  to=_mask(message.address), chars=len(message.text),
+                  digest=hashlib.sha256(message.text.encode()).hexdigest()[:12])
+        return SendResult(provider_id=provider_id)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,172 @@
+"""Broadcasts: who is in the audience, queueing them in batches, progress and cancel.
+
+The audience is resolved by set-based SQL (one statement counts it by reason; one
+INSERT ... SELECT per batch queues it), never by a Python loop over people. Each batch is its
+own short transaction so a STOP never waits long behind a broadcast, and the broadcast row
+keeps a cursor, so a crash during queueing resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from sqlalchemy import and_, case, func, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bot import audit, outbox
+from bot.errors import Forbidden, InvalidInput, NotFound
+from bot.ledger import suppressed_clause
+from bot.messages import MAX_TEXT, iso
+from storage.db import Database
+from storage.models import broadcasts, messages, subscriptions
+
+__all__ = ["BroadcastService", "MESSAGE_STATUSES"]
+
+MESSAGE_STATUSES = ("queued", "sending", "sent", "delivered", "failed", "blocked", "cancelled")
+BATCH = 5000
+
+
+def _exclusion_reason() -> Any:
+    s = subscriptions
+    return case(
+        (suppressed_clause(s.c.channel, s.c.address_hash, s.c.consented_at), "suppressed"),
+        (s.c.status == "suppressed", "suppressed"),
+        (s.c.status == "opted_out", "opted_out"),
+        (and_(s.c.status == "subscribed", s.c.restricted.is_(False)), "eligible"),
+        else_="no_consent",
+    )
+
+
+def _eligible(campaign: str, channel: str) -> Any:
+    s = subscriptions
+    return and_(s.c.campaign == campaign, s.c.channel == channel,
+                s.c.status == "subscribed", s.c.restricted.is_(False),
+                ~suppressed_clause(s.c.channel, s.c.address_hash, s.c.consented_at))
+
+
+class BroadcastService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def audience(self, campaign: str, channel: str) -> dict[str, Any]:
+        reason = _exclusion_reason().label("reason")
+        s = subscriptions
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(reason, func.count()).select_from(s)
+                .where(s.c.campaign == campaign, s.c.channel == channel)
+                .group_by(reason))
+            counts = {r: int(n) for r, n in rows}
+        eligible = counts.pop("eligible", 0)
+        return {"eligible": eligible, "excluded": counts}
+
+    async def create(self, campaign: str, channels_enabled: frozenset[str], actor: str,
+                     channel: str, text: object, subject: object = None,
+                     dry_run: bool = False) -> dict[str, Any]:
+        if channel not in channels_enabled:
+            raise Forbidden("channel_disabled", f"this campaign has no {channel} channel")
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInput("invalid_text", "text must be a non-empty string")
+        if len(text) > MAX_TEXT:
+            raise InvalidInput("invalid_text", f"text is longer than {MAX_TEXT} characters")
+        if subject is not None and not isinstance(subject, str):
+            raise InvalidInput("invalid_subject", "subject must be a string")
+        audience = await self.audience(campaign, channel)
+        if dry_run:
+            return {"id": None, "status": "dry_run", "audience": audience}
+        now = time.time()
+        async with self.db.write() as conn:
+            upper = (await conn.execute(select(func.max(subscriptions.c.id)))).scalar() or 0
+            broadcast_id = int((await conn.execute(broadcasts.insert().values(
+                campaign=campaign, channel=channel, text=text, subject=subject,
+                status="enqueuing", cursor=0, upper=upper, eligible=0,
+                excluded=json.dumps(audience["excluded"]), created_by=actor,
+                created_at=now).returning(broadcasts.c.id))).scalar_one())
+            await audit.append(conn, campaign, actor, "broadcast.created",
+                               f"broadcast#{broadcast_id}",
+                               {"channel": channel, "audience": audience}, at=now)
+        eligible = await self.enqueue(broadcast_id)
+        audience = {"eligible": eligible, "excluded": audience["excluded"]}
+        return {"id": broadcast_id, "status": "queued", "audience": audience}
+
+    async def enqueue(self, broadcast_id: int, batch: int = BATCH) -> int:
+        """Queue the eligible audience in id ranges, one transaction each (resumable)."""
+        while True:
+            async with self.db.write() as conn:
+                b = (await conn.execute(select(broadcasts).where(
+                    broadcasts.c.id == broadcast_id))).one()
+                if b.status != "enqueuing":
+                    return int(b.eligible)
+                lo = int(b.cursor)
+                if lo >= b.upper:
+                    await conn.execute(update(broadcasts).where(broadcasts.c.id == broadcast_id)
+                                       .values(status="queued"))
+                    return int(b.eligible)
+                hi = min(int(b.upper), lo + batch)
+                n = await self._enqueue_range(conn, b, lo, hi)
+                await conn.execute(update(broadcasts).where(broadcasts.c.id == broadcast_id)
+                                   .values(cursor=hi, eligible=broadcasts.c.eligible + n))
+
+    async def _enqueue_range(self, conn: AsyncConnection, b: Any, lo: int, hi: int) -> int:
+        s = subscriptions
+        now = time.time()
+        chosen = select(
+            s.c.campaign, s.c.channel, s.c.address, s.c.address_hash,
+            literal("campaign"), literal("queued"), literal(b.id), literal(0),
+            literal(b.created_by), literal(now), literal(now), literal(now),
+        ).where(_eligible(b.campaign, b.channel), s.c.id > lo, s.c.id <= hi)
+        result = await conn.execute(messages.insert().from_select(
+            ["campaign", "channel", "address", "address_hash", "kind", "status",
+             "broadcast_id", "attempts", "created_by", "created_at", "updated_at",
+             "not_before"], chosen))
+        return int(result.rowcount or 0)
+
+    async def resume_unfinished(self) -> list[int]:
+        """Finish queueing broadcasts a crash interrupted (start-up)."""
+        async with self.db.read() as conn:
+            ids = [int(i) for i in (await conn.execute(
+                select(broadcasts.c.id).where(broadcasts.c.status == "enqueuing"))).scalars()]
+        for broadcast_id in ids:
+            await self.enqueue(broadcast_id)
+        return ids
+
+    async def view(self, campaign: str, broadcast_id: int) -> dict[str, Any]:
+        async with self.db.read() as conn:
+            b = (await conn.execute(select(broadcasts).where(
+                broadcasts.c.id == broadcast_id, broadcasts.c.campaign == campaign))).first()
+            if b is None:
+                raise NotFound("broadcast_not_found", "no such broadcast in this campaign")
+            found = await outbox.counts_by_status(conn, broadcast_id)
+        counts = {k: found.get(k, 0) for k in MESSAGE_STATUSES}
+        if b.status == "cancelled":
+            status = "cancelled"
+        elif b.status == "enqueuing" or counts["queued"] + counts["sending"] > 0:
+            progressed = sum(counts.values()) - counts["queued"]
+            status = "sending" if progressed else "queued"
+        else:
+            status = "done"
+        return {"id": b.id, "channel": b.channel, "status": status, "counts": counts,
+                "eligible": b.eligible, "excluded": json.loads(b.excluded),
+                "created_at": iso(b.created_at), "created_by": b.created_by}
+
+    async def cancel(self, campaign: str, broadcast_id: int, actor: str) -> dict[str, Any]:
+        """Cancel: no message of it is handed to a provider after this commits (a message
+        already on the wire, at most one provider call each, completes)."""
+        async with self.db.write() as conn:
+            b = (await conn.execute(select(broadcasts.c.id, broadcasts.c.status).where(
+                broadcasts.c.id == broadcast_id, broadcasts.c.campaign == campaign))).first()
+            if b is None:
+                raise NotFound("broadcast_not_found", "no such broadcast in this campaign")
+            await conn.execute(update(broadcasts).where(broadcasts.c.id == broadcast_id)
+                               .values(status="cancelled"))
+            result = await conn.execute(
+                update(messages).where(messages.c.broadcast_id == broadcast_id,
+                                       messages.c.status == "queued")
+                .values(status="cancelled", reason="broadcast_cancelled",
+                        updated_at=time.time(), lease_owner=None, lease_expires=None))
+            cancelled = int(result.rowcount or 0)
+            await audit.append(conn, campaign, actor, "broadcast.cancelled",
+                               f"broadcast#{broadcast_id}", {"cancelled": cancelled})
+        return {"id": broadcast_id, "status": "cancelled", "cancelled": cancelled}

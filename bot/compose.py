@@ -1,0 +1,87 @@
+"""Turning a queued message into what goes on the wire, per channel.
+
+Campaign SMS end with how to opt out; campaign email carries the one-click unsubscribe
+headers, a List-Id and a visible footer with the imprint. Composition happens at dispatch, so
+a broadcast's text is stored once and every recipient gets their own unsubscribe token.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from adapters.base import OutboundMessage
+from bot.config import CampaignSettings
+from bot.outbox import Claimed
+from bot.tokens import Tokens, TokenSubject
+
+__all__ = ["Composer", "says_how_to_opt_out"]
+
+_OPT_OUT_HINT = re.compile(
+    r"\b(reply|text|txt|send)\b\W+(\w+\W+){0,3}?(stop|unsubscribe|opt\s?out)\b"
+    r"|\bto\s+opt\s?out\b|\bunsubscribe\b",
+    re.IGNORECASE,
+)
+
+_env = Environment(
+    loader=FileSystemLoader(str(Path(__file__).parent / "templates")),
+    autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def says_how_to_opt_out(text: str) -> bool:
+    return bool(_OPT_OUT_HINT.search(text))
+
+
+class Composer:
+    def __init__(self, campaigns: dict[str, CampaignSettings], public_url: str,
+                 tokens: Tokens) -> None:
+        self.campaigns = campaigns
+        self.public_url = public_url.rstrip("/")
+        self.tokens = tokens
+        host = urlsplit(self.public_url).hostname or "localhost"
+        self.list_domain = host
+
+    def unsubscribe_url(self, campaign: str, channel: str, address_hash: str) -> str:
+        token = self.tokens.make("unsubscribe", TokenSubject(campaign, channel, address_hash))
+        return f"{self.public_url}/u/{token}"
+
+    def compose(self, c: Claimed) -> OutboundMessage:
+        settings = self.campaigns[c.campaign]
+        if c.channel == "sms":
+            return self._sms(c, settings)
+        if c.channel == "email":
+            return self._email(c, settings)
+        return OutboundMessage(str(c.id), c.campaign, c.channel, c.address, c.text, kind=c.kind)
+
+    def _sms(self, c: Claimed, settings: CampaignSettings) -> OutboundMessage:
+        text = c.text
+        if c.kind == "campaign" and not says_how_to_opt_out(text):
+            instruction = settings.sms.opt_out_instruction if settings.sms else "Reply STOP"
+            text = f"{text.rstrip()}\n{instruction}"
+        return OutboundMessage(str(c.id), c.campaign, c.channel, c.address, text, kind=c.kind)
+
+    def _email(self, c: Claimed, settings: CampaignSettings) -> OutboundMessage:
+        subject = c.subject or settings.name
+        if c.kind != "campaign":
+            return OutboundMessage(str(c.id), c.campaign, c.channel, c.address, c.text,
+                                   kind=c.kind, subject=subject)
+        url = self.unsubscribe_url(c.campaign, c.channel, c.address_hash)
+        context = {"text": c.text, "campaign": settings, "unsubscribe_url": url}
+        headers = {
+            "List-Unsubscribe": f"<{url}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            "List-Id": f"{settings.name} <{c.campaign}.{self.list_domain}>",
+        }
+        return OutboundMessage(
+            str(c.id), c.campaign, c.channel, c.address,
+            _env.get_template("email.txt").render(context),
+            kind=c.kind, subject=subject,
+            html=_env.get_template("email.html").render(context),
+            headers=headers,
+        )

@@ -1,0 +1,184 @@
+"""The consent rules: statuses, reason codes, evidence and the one decision function.
+
+Everything here is plain data and plain functions, free of I/O, so the rules that are the
+product can be read in one place and tested without a database or a network.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+__all__ = [
+    "CONSENT_METHODS",
+    "Decision",
+    "Evidence",
+    "Reason",
+    "Status",
+    "SubscriberState",
+    "Target",
+    "check_new_consent",
+    "decide",
+    "next_send_time",
+    "source_is_denied",
+]
+
+
+class Status(enum.StrEnum):
+    SUBSCRIBED = "subscribed"
+    PENDING = "pending"
+    OPTED_OUT = "opted_out"
+    SUPPRESSED = "suppressed"
+    UNKNOWN = "unknown"
+
+
+class Reason(enum.StrEnum):
+    """The gate's reason codes: one set, used by the API, logs, metrics and audit."""
+
+    NO_CONSENT = "no_consent"
+    OPTED_OUT = "opted_out"
+    SUPPRESSED = "suppressed"
+    CHANNEL_DISABLED = "channel_disabled"
+    DESTINATION_NOT_ALLOWED = "destination_not_allowed"
+
+
+#: How a consent may be recorded. ``keyword`` and ``telegram_start`` come only from the
+#: recipient; ``web_form`` also from the join page (the recipient) or an operator's records.
+CONSENT_METHODS = frozenset(
+    {"web_form", "paper_form", "verbal", "keyword", "telegram_start", "import"}
+)
+
+
+@dataclass(frozen=True)
+class SubscriberState:
+    """What the gate knows about one address in one campaign and channel."""
+
+    status: Status = Status.UNKNOWN
+    suppressed: bool = False  # on the every-campaign suppression list
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a message is going. ``group`` is a Telegram group/channel post."""
+
+    channel: str
+    address: str
+    group: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: Reason | None = None
+
+    @classmethod
+    def allow(cls) -> Decision:
+        return cls(True, None)
+
+    @classmethod
+    def refuse(cls, reason: Reason) -> Decision:
+        return cls(False, reason)
+
+
+def decide(
+    state: SubscriberState,
+    target: Target,
+    channels_enabled: frozenset[str],
+    own_chats: frozenset[str] = frozenset(),
+) -> Decision:
+    """Whether a campaign message may go to ``target`` now.
+
+    The order matters for the reason reported: an absolute objection (suppression, opt-out)
+    is named before the absence of consent, so the team sees why a person is out of reach.
+    """
+    if target.channel not in channels_enabled:
+        return Decision.refuse(Reason.CHANNEL_DISABLED)
+    if target.group:
+        # A post to a group or channel reaches its members, not one person who consented:
+        # allowed only into the campaign's own chats, which people joined by choice.
+        if target.address in own_chats:
+            return Decision.allow()
+        return Decision.refuse(Reason.DESTINATION_NOT_ALLOWED)
+    if state.suppressed or state.status is Status.SUPPRESSED:
+        return Decision.refuse(Reason.SUPPRESSED)
+    if state.status is Status.OPTED_OUT:
+        return Decision.refuse(Reason.OPTED_OUT)
+    if state.status is Status.SUBSCRIBED:
+        return Decision.allow()
+    return Decision.refuse(Reason.NO_CONSENT)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What makes a consent provable: how, from where, what the person was shown."""
+
+    method: str
+    source: str
+    evidence: str
+    consent_text_version: str
+    actor: str  # the operator's name, or "recipient"
+
+
+def source_is_denied(source: str, denied_sources: tuple[str, ...]) -> bool:
+    """Lists harvested from other groups are refused (case-insensitive containment)."""
+    folded = source.casefold()
+    return any(d.casefold() in folded for d in denied_sources if d.strip())
+
+
+def check_new_consent(
+    evidence: Evidence,
+    state: SubscriberState,
+    denied_sources: tuple[str, ...],
+    *,
+    by_recipient: bool,
+) -> str | None:
+    """The problem code that stops recording this consent, or None if it may be recorded.
+
+    Only the recipient can undo their own opt-out or suppression: an operator or an import
+    gets ``opted_out`` / ``suppressed`` back.
+    """
+    if evidence.method not in CONSENT_METHODS:
+        return "invalid_method"
+    if not evidence.source.strip() or not evidence.evidence.strip():
+        return "missing_evidence"
+    if source_is_denied(evidence.source, denied_sources):
+        return "denied_source"
+    if not by_recipient:
+        if state.suppressed or state.status is Status.SUPPRESSED:
+            return "suppressed"
+        if state.status is Status.OPTED_OUT:
+            return "opted_out"
+    return None
+
+
+def _parse_hhmm(value: str) -> time:
+    hours, minutes = value.split(":")
+    return time(int(hours), int(minutes))
+
+
+def next_send_time(
+    now: datetime, quiet_hours: tuple[str, str] | None, timezone: str
+) -> datetime | None:
+    """When a campaign message due ``now`` (aware, any zone) may go, if quiet hours hold it
+    back; None when it may go now. Quiet hours delay messages, never drop them.
+    ``quiet_hours`` is (start, end) local time: ("21:00", "08:00") wraps midnight."""
+    if quiet_hours is None:
+        return None
+    start, end = (_parse_hhmm(v) for v in quiet_hours)
+    if start == end:
+        return None
+    local = now.astimezone(ZoneInfo(timezone))
+    t = local.timetz().replace(tzinfo=None)
+    if start < end:
+        inside = start <= t < end
+    else:
+        inside = t >= start or t < end
+    if not inside:
+        return None
+    day = local.date()
+    if start > end and t >= start:
+        day = day + timedelta(days=1)
+    resume = datetime.combine(day, end, tzinfo=ZoneInfo(timezone))
+    return resume.astimezone(now.tzinfo)

@@ -1,0 +1,266 @@
+"""The dispatcher: claim -> pace -> gate -> one provider call -> record.
+
+One lane per campaign and channel claims a little more than its sender can send in the next
+second (bounded memory however large the queue), waits for the sender's turn, takes the
+messages whose turn has come to the gate, and hands each admitted message to its adapter at
+once: a permit never waits in a queue, so the window in which an opt-out cannot stop a
+message is one provider call. Results are written by a recorder in small batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from adapters.base import (
+    ChannelAdapter,
+    Permit,
+    PermitError,
+    RecipientRefused,
+    RetryableSendError,
+    SendError,
+)
+from bot import outbox
+from bot.addresses import mask
+from bot.compose import Composer
+from bot.gate import ConsentGate
+from bot.ledger import Ledger
+from bot.metrics import Metrics
+from bot.outbox import Claimed
+from bot.ratelimit import Pacer
+from storage.db import Database
+
+__all__ = ["Dispatcher"]
+
+_log = structlog.get_logger("consentgate.dispatch")
+
+
+@dataclass(frozen=True)
+class _Result:
+    claimed: Claimed
+    provider_id: str | None = None
+    error: SendError | None = None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        db: Database,
+        gate: ConsentGate,
+        ledger: Ledger,
+        composer: Composer,
+        adapters: Mapping[tuple[str, str], ChannelAdapter],
+        metrics: Metrics,
+        *,
+        worker_id: str | None = None,
+        lease_seconds: float = 60.0,
+        lookahead_seconds: float = 1.0,
+        max_in_flight: int = 256,
+        poll_interval: float = 0.25,
+        pacer_factory: Callable[[ChannelAdapter], Pacer] | None = None,
+    ) -> None:
+        self.db = db
+        self.gate = gate
+        self.ledger = ledger
+        self.composer = composer
+        self.adapters = dict(adapters)
+        self.metrics = metrics
+        self.worker_id = worker_id or f"w-{uuid.uuid4().hex[:12]}"
+        self.lease_seconds = lease_seconds
+        self.lookahead = lookahead_seconds
+        self.poll_interval = poll_interval
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._pacers: dict[str, Pacer] = {}
+        factory = pacer_factory or (lambda a: Pacer(a.rate_per_second))
+        for adapter in self.adapters.values():
+            if adapter.sender_key not in self._pacers:
+                self._pacers[adapter.sender_key] = factory(adapter)
+        self._wake: dict[tuple[str, str], asyncio.Event] = {k: asyncio.Event()
+                                                            for k in self.adapters}
+        self._stopping = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._results: asyncio.Queue[_Result] = asyncio.Queue()
+        self._recorded = asyncio.Event()
+        self.on_idle: Callable[[], Awaitable[None]] | None = None
+
+    def wake(self, campaign: str | None = None, channel: str | None = None) -> None:
+        """New work was queued: lanes stop waiting for the next poll."""
+        for (c, ch), ev in self._wake.items():
+            if (campaign is None or c == campaign) and (channel is None or ch == channel):
+                ev.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for ev in self._wake.values():
+            ev.set()
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`; then release unsent leases and finish in-flight sends."""
+        recorder = asyncio.create_task(self._record_loop(), name="dispatch-recorder")
+        reaper = asyncio.create_task(self._reap_loop(), name="dispatch-reaper")
+        lanes = [asyncio.create_task(self._lane(key, adapter), name=f"lane-{key}")
+                 for key, adapter in self.adapters.items()]
+        try:
+            await asyncio.gather(*lanes)
+        finally:
+            for lane in lanes:
+                lane.cancel()
+            reaper.cancel()
+            if self._in_flight:
+                await asyncio.wait(set(self._in_flight), timeout=8.0)
+            await self._results.join()
+            recorder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recorder
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+            async with self.db.write() as conn:
+                await outbox.release_leases(conn, self.worker_id)
+
+    async def _lane(self, key: tuple[str, str], adapter: ChannelAdapter) -> None:
+        campaign, channel = key
+        pacer = self._pacers[adapter.sender_key]
+        wake = self._wake[key]
+        want = max(1, int(adapter.rate_per_second * self.lookahead))
+        while not self._stopping.is_set():
+            wake.clear()
+            try:
+                async with self.db.write() as conn:
+                    claimed = await outbox.claim(
+                        conn, worker=self.worker_id, campaign=campaign, channel=channel,
+                        limit=want, lease_seconds=self.lease_seconds)
+            except Exception:
+                _log.exception("dispatch.claim_failed", campaign=campaign, channel=channel)
+                claimed = []
+            if not claimed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.poll_interval)
+                continue
+            pending = deque(claimed)
+            while pending and not self._stopping.is_set():
+                n = await pacer.take(len(pending))
+                batch = [pending.popleft() for _ in range(n)]
+                for _ in batch:
+                    await self._slots.acquire()
+                try:
+                    used = await self._admit_and_send(batch)
+                except Exception:
+                    _log.exception("dispatch.admit_failed", campaign=campaign, channel=channel)
+                    used = 0
+                    for _ in batch:
+                        self._slots.release()
+                pacer.give_back(n - used)
+            if pending:
+                async with self.db.write() as conn:
+                    await outbox.release_leases(conn, self.worker_id, [c.id for c in pending])
+
+    async def _admit_and_send(self, batch: list[Claimed]) -> int:
+        async with self.db.write() as conn:
+            admission = await self.gate.admit(conn, self.worker_id, batch, self.lease_seconds)
+        permitted_ids = {c.id for c, _ in admission.permitted}
+        for c in batch:
+            if c.id not in permitted_ids:
+                self._slots.release()
+        for c, reason in admission.refused:
+            self.metrics.gate_refusals.labels(c.channel, reason.value).inc()
+            self.metrics.messages.labels(c.channel, "blocked").inc()
+            _log.info("message.blocked", campaign=c.campaign, channel=c.channel,
+                      message_id=c.id, reason=reason.value, to=mask(c.address))
+        for c, permit in admission.permitted:
+            task = asyncio.create_task(self._send(c, permit))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+        return len(admission.permitted)
+
+    async def _send(self, c: Claimed, permit: Permit) -> None:
+        adapter = self.adapters[(c.campaign, c.channel)]
+        try:
+            message = self.composer.compose(c)
+            started = time.monotonic()
+            result = await adapter.send(message, permit)
+            self.metrics.send_seconds.labels(c.channel).observe(time.monotonic() - started)
+            await self._results.put(_Result(c, provider_id=result.provider_id))
+        except SendError as exc:
+            await self._results.put(_Result(c, error=exc))
+        except PermitError as exc:
+            _log.error("dispatch.permit_refused", campaign=c.campaign, channel=c.channel,
+                       message_id=c.id, reason=str(exc))
+            await self._results.put(_Result(c, error=SendError("permit_refused", str(exc))))
+        except Exception as exc:  # an adapter bug must not leave the row stuck in sending
+            _log.exception("dispatch.adapter_error", campaign=c.campaign, channel=c.channel,
+                           message_id=c.id)
+            await self._results.put(_Result(c, error=RetryableSendError("adapter_error",
+                                                                        repr(exc))))
+        finally:
+            self._slots.release()
+
+    async def _record_loop(self) -> None:
+        while True:
+            first = await self._results.get()
+            batch = [first]
+            while not self._results.empty() and len(batch) < 500:
+                batch.append(self._results.get_nowait())
+            try:
+                await self._record(batch)
+            except Exception:
+                _log.exception("dispatch.record_failed", count=len(batch))
+            finally:
+                for _ in batch:
+                    self._results.task_done()
+                self._recorded.set()
+
+    async def _record(self, batch: list[_Result]) -> None:
+        async with self.db.write() as conn:
+            sent = [(r.claimed.id, r.provider_id) for r in batch if r.error is None]
+            await outbox.mark_sent(conn, sent)
+            for r in batch:
+                if r.error is not None:
+                    await self._record_error(conn, r.claimed, r.error)
+        for r in batch:
+            c = r.claimed
+            if r.error is None:
+                self.metrics.messages.labels(c.channel, "sent").inc()
+                _log.info("message.sent", campaign=c.campaign, channel=c.channel,
+                          message_id=c.id, provider_id=r.provider_id, to=mask(c.address))
+
+    async def _record_error(self, conn: AsyncConnection, c: Claimed, error: SendError) -> None:
+        log = _log.bind(campaign=c.campaign, channel=c.channel, message_id=c.id,
+                        reason=error.reason, to=mask(c.address))
+        if isinstance(error, RetryableSendError):
+            status = await outbox.mark_retry(conn, c.id, c.attempts + 1, error.reason,
+                                             error.retry_after)
+            log.warning("message.retry" if status == "queued" else "message.failed",
+                        attempts=c.attempts + 1)
+            if status == "failed":
+                self.metrics.messages.labels(c.channel, "failed").inc()
+            return
+        await outbox.mark_failed(conn, c.id, error.reason, error.detail)
+        self.metrics.messages.labels(c.channel, "failed").inc()
+        log.warning("message.failed")
+        if isinstance(error, RecipientRefused):
+            # The provider says this person does not want this: never try them again.
+            await self.ledger.record_opt_out(
+                conn, c.campaign, c.channel, c.address, method="provider",
+                reason=error.reason, actor="provider",
+                every_campaign=error.scope == "all", suppression_reason=error.reason)
+            self.metrics.opt_outs.labels(c.channel, "provider").inc()
+            log.info("recipient.refused", scope=error.scope)
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(5.0, self.lease_seconds / 4))
+            try:
+                async with self.db.write() as conn:
+                    n = await outbox.reap_interrupted(conn)
+                if n:
+                    _log.warning("dispatch.reaped_interrupted", count=n)
+            except Exception:
+                _log.exception("dispatch.reap_failed")

@@ -1,0 +1,154 @@
+"""The consent gate: the one place that decides, at dispatch time, whether a message may go,
+and the only issuer of the permits without which no adapter sends.
+
+The gate reads the subscription and suppression state and moves the admitted rows to
+``sending`` in the same transaction, so an opt-out that commits before it is seen, and one
+that commits after it finds the row already on its way (the single-provider-call window).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import and_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from adapters.base import Permit, _issue_permit
+from bot.consent import (
+    Decision,
+    Reason,
+    Status,
+    SubscriberState,
+    Target,
+    decide,
+    next_send_time,
+)
+from bot.ledger import Ledger, suppressed_clause
+from bot.outbox import Claimed
+from storage.models import messages, subscriptions
+
+__all__ = ["Admission", "CampaignRules", "ConsentGate"]
+
+
+@dataclass(frozen=True)
+class CampaignRules:
+    """What the gate needs of a campaign's configuration."""
+
+    channels_enabled: frozenset[str]
+    own_chats: frozenset[str] = frozenset()
+
+
+@dataclass
+class Admission:
+    permitted: list[tuple[Claimed, Permit]] = field(default_factory=list)
+    refused: list[tuple[Claimed, Reason]] = field(default_factory=list)
+    delayed: list[Claimed] = field(default_factory=list)
+
+
+def is_group(channel: str, address: str) -> bool:
+    """A Telegram group or channel has a negative chat id; a person's is positive."""
+    return channel == "telegram" and address.startswith("-")
+
+
+class ConsentGate:
+    def __init__(
+        self,
+        ledger: Ledger,
+        campaigns: Mapping[str, CampaignRules],
+        *,
+        quiet_hours: tuple[str, str] | None = None,
+        timezone: str = "Europe/London",
+    ) -> None:
+        self.ledger = ledger
+        self.campaigns = campaigns
+        self.quiet_hours = quiet_hours
+        self.timezone = timezone
+
+    def _decide(self, campaign: str, channel: str, address: str, kind: str,
+                state: SubscriberState) -> Decision:
+        rules = self.campaigns.get(campaign)
+        if rules is None or channel not in rules.channels_enabled:
+            return Decision.refuse(Reason.CHANNEL_DISABLED)
+        if kind == "reply":
+            # The answer to a person's own STOP / HELP / START: the one thing an opted-out
+            # address may still receive.
+            return Decision.allow()
+        if kind == "confirm":
+            # A double opt-in request goes only to an address waiting to confirm.
+            if state.status is Status.PENDING:
+                return Decision.allow()
+            return Decision.refuse(Reason.NO_CONSENT)
+        target = Target(channel, address, group=is_group(channel, address))
+        return decide(state, target, rules.channels_enabled, rules.own_chats)
+
+    async def decide_now(self, conn: AsyncConnection, campaign: str, channel: str,
+                         address: str, kind: str = "campaign") -> Decision:
+        """The decision as it stands now (used to refuse a message up front). Dispatch
+        decides again: this answer is never a permit."""
+        state = await self.ledger.state(conn, campaign, channel, address)
+        return self._decide(campaign, channel, address, kind, state)
+
+    async def admit(self, conn: AsyncConnection, worker: str, batch: Sequence[Claimed],
+                    lease_seconds: float) -> Admission:
+        """Decide every claimed message of ``batch`` now, in the caller's write transaction:
+        admitted rows become ``sending`` and get a permit, refused rows become ``blocked``,
+        rows held by quiet hours go back to the queue with a later ``not_before``."""
+        out = Admission()
+        if not batch:
+            return out
+        by_id = {c.id: c for c in batch}
+        m, s = messages, subscriptions
+        rows = await conn.execute(
+            select(m.c.id, m.c.status, m.c.lease_owner, s.c.status.label("sub_status"),
+                   s.c.restricted, suppressed_clause(m.c.channel, m.c.address_hash,
+                                                     s.c.consented_at).label("suppressed"))
+            .select_from(m.outerjoin(s, and_(s.c.campaign == m.c.campaign,
+                                             s.c.channel == m.c.channel,
+                                             s.c.address == m.c.address)))
+            .where(m.c.id.in_(list(by_id)))
+        )
+        now = time.time()
+        allowed: list[int] = []
+        for row in rows:
+            claimed = by_id[row.id]
+            if row.status != "queued" or row.lease_owner != worker:
+                continue  # cancelled (opt-out, broadcast cancel) since it was claimed
+            if claimed.kind == "campaign":
+                resume = next_send_time(datetime.fromtimestamp(now, UTC), self.quiet_hours,
+                                        self.timezone)
+                if resume is not None:
+                    await conn.execute(
+                        update(m).where(m.c.id == row.id)
+                        .values(not_before=resume.timestamp(), lease_owner=None,
+                                lease_expires=None))
+                    out.delayed.append(claimed)
+                    continue
+            status = Status(row.sub_status) if row.sub_status else Status.UNKNOWN
+            if row.restricted and status is Status.SUBSCRIBED:
+                status = Status.PENDING
+            state = SubscriberState(status, bool(row.suppressed))
+            decision = self._decide(claimed.campaign, claimed.channel, claimed.address,
+                                    claimed.kind, state)
+            if decision.allowed:
+                allowed.append(row.id)
+            else:
+                assert decision.reason is not None
+                out.refused.append((claimed, decision.reason))
+        if allowed:
+            await conn.execute(
+                update(m).where(m.c.id.in_(allowed))
+                .values(status="sending", attempts=m.c.attempts + 1, updated_at=now,
+                        lease_expires=now + lease_seconds))
+            for message_id in allowed:
+                c = by_id[message_id]
+                out.permitted.append(
+                    (c, _issue_permit(c.campaign, c.channel, c.address, str(c.id))))
+        for c, reason in out.refused:
+            await conn.execute(
+                update(m).where(m.c.id == c.id)
+                .values(status="blocked", reason=reason.value, updated_at=now,
+                        lease_owner=None, lease_expires=None))
+        return out

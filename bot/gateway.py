@@ -1,0 +1,153 @@
+"""The running gateway: every service built once from the settings, in one place.
+
+The web layer, the CLI and the tests all get their services from here, so there is one
+obvious way the pieces are put together.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from sqlalchemy import select
+
+from adapters.base import ChannelAdapter
+from adapters.log import LogChannel
+from bot.broadcasts import BroadcastService
+from bot.compose import Composer
+from bot.config import CampaignSettings, Settings
+from bot.dispatch import Dispatcher
+from bot.gate import CampaignRules, ConsentGate
+from bot.inbound import InboundService
+from bot.ledger import Ledger
+from bot.messages import MessageService
+from bot.metrics import Metrics
+from bot.tokens import Tokens
+from bot.versions import consent_text_version
+from storage.db import Database
+from storage.models import campaigns as campaigns_table
+from storage.models import consent_texts
+from storage.sql import insert_ignore, upsert
+
+__all__ = ["Gateway", "build_adapter"]
+
+
+def build_adapter(settings: Settings, campaign: CampaignSettings,
+                  channel: str) -> ChannelAdapter:
+    """The provider adapter a campaign's channel is configured with."""
+    public_url = settings.server.public_url
+    if channel == "sms" and campaign.sms is not None:
+        sms = campaign.sms
+        if sms.provider == "twilio":
+            from adapters.twilio_sms import TwilioSms
+
+            assert sms.account_sid and sms.auth_token
+            return TwilioSms(
+                account_sid=sms.account_sid, auth_token=sms.auth_token,
+                from_number=sms.from_number, messaging_service_sid=sms.messaging_service_sid,
+                api_base_url=sms.api_base_url, rate_per_second=sms.rate_per_second,
+                status_callback_url=f"{public_url}/webhooks/twilio/{campaign.slug}/status")
+        return LogChannel("sms", rate_per_second=sms.rate_per_second, sender=campaign.slug)
+    if channel == "email" and campaign.email is not None:
+        email = campaign.email
+        if email.provider == "smtp":
+            from adapters.smtp_email import DkimKey, SmtpEmail
+
+            dkim = None
+            if email.dkim_selector and email.dkim_domain and email.dkim_private_key_file:
+                with open(email.dkim_private_key_file, "rb") as fh:
+                    dkim = DkimKey(email.dkim_selector, email.dkim_domain, fh.read())
+            assert email.host
+            return SmtpEmail(
+                host=email.host, port=email.port, starttls=email.starttls,
+                use_tls=email.use_tls, username=email.username, password=email.password,
+                from_address=email.from_address, rate_per_second=email.rate_per_second,
+                max_connections=email.max_connections, dkim=dkim)
+        return LogChannel("email", rate_per_second=email.rate_per_second, sender=campaign.slug)
+    if channel == "telegram" and campaign.telegram is not None:
+        tg = campaign.telegram
+        if tg.provider == "telegram":
+            from adapters.telegram import TelegramChannel
+
+            assert tg.bot_token
+            return TelegramChannel(bot_token=tg.bot_token, api_base_url=tg.api_base_url,
+                                   rate_per_second=tg.rate_per_second)
+        return LogChannel("telegram", rate_per_second=tg.rate_per_second,
+                          sender=campaign.slug)
+    raise ValueError(f"campaign {campaign.slug} has no {channel} channel")
+
+
+class Gateway:
+    def __init__(self, settings: Settings, *, worker_id: str | None = None,
+                 adapters: Mapping[tuple[str, str], ChannelAdapter] | None = None,
+                 lease_seconds: float = 60.0) -> None:
+        self.settings = settings
+        self.campaigns: dict[str, CampaignSettings] = {c.slug: c for c in settings.campaigns}
+        self.db = Database(settings.storage.url)
+        self.metrics = Metrics()
+        self.tokens = Tokens(settings.security.secret_key)
+        self.ledger = Ledger(settings.security.secret_key, settings.policy.denied_sources)
+        self.rules = {
+            c.slug: CampaignRules(
+                frozenset(c.channels()),
+                frozenset(str(x) for x in (c.telegram.own_chats if c.telegram else ())))
+            for c in settings.campaigns
+        }
+        self.gate = ConsentGate(self.ledger, self.rules,
+                                quiet_hours=settings.policy.quiet_hours,
+                                timezone=settings.policy.timezone)
+        self.composer = Composer(self.campaigns, settings.server.public_url, self.tokens)
+        if adapters is None:
+            adapters = {(c.slug, ch): build_adapter(settings, c, ch)
+                        for c in settings.campaigns for ch in c.channels()}
+        self.adapters = dict(adapters)
+        self.dispatcher = Dispatcher(self.db, self.gate, self.ledger, self.composer,
+                                     self.adapters, self.metrics, worker_id=worker_id,
+                                     lease_seconds=lease_seconds)
+        self.inbound = InboundService(self.db, self.ledger, self.metrics, self.campaigns)
+        self.messages = MessageService(self.db, self.gate, self.ledger)
+        self.broadcasts = BroadcastService(self.db)
+
+    async def start(self) -> None:
+        """Migrate, sync campaigns, recover from a previous crash."""
+        from bot import outbox
+
+        await self.db.migrate()
+        await self.sync_campaigns()
+        if self.db.is_sqlite:
+            # SQLite is one process: whatever a previous process left mid-flight is orphaned.
+            async with self.db.write() as conn:
+                await outbox.reap_interrupted(conn, everything=True)
+                await outbox.release_leases(conn)
+        await self.broadcasts.resume_unfinished()
+
+    async def sync_campaigns(self) -> None:
+        now = time.time()
+        async with self.db.write() as conn:
+            for c in self.settings.campaigns:
+                version = consent_text_version(c.consent_text)
+                row = (await conn.execute(select(campaigns_table.c.consent_text_version)
+                                          .where(campaigns_table.c.slug == c.slug))).first()
+                values = dict(slug=c.slug, name=c.name, imprint=c.imprint,
+                              consent_text=c.consent_text, consent_text_version=version,
+                              updated_at=now)
+                await conn.execute(upsert(conn, campaigns_table, ("slug",), values,
+                                          {k: v for k, v in values.items() if k != "slug"}))
+                await conn.execute(insert_ignore(
+                    conn, consent_texts, ("campaign", "version"),
+                    dict(campaign=c.slug, version=version, text=c.consent_text,
+                         first_used_at=now)))
+                if row is None or row.consent_text_version != version:
+                    from bot import audit
+
+                    await audit.append(conn, c.slug, "config", "campaign.synced",
+                                       f"campaign#{c.slug}",
+                                       {"name": c.name, "consent_text_version": version})
+
+    async def close(self) -> None:
+        for adapter in self.adapters.values():
+            try:
+                await adapter.close()
+            except Exception:  # closing is best effort; the process is ending
+                pass
+        await self.db.dispose()

@@ -1,0 +1,234 @@
+"""The consent ledger: current statuses, their history, and the suppression list.
+
+Every write here runs inside the caller's transaction, together with the audit record and
+(for an opt-out) the cancellation of queued messages, so that each change commits whole or
+not at all. The rules themselves live in :mod:`bot.consent`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bot import audit, outbox
+from bot.addresses import address_hash
+from bot.consent import Evidence, Status, SubscriberState, check_new_consent
+from bot.errors import Conflict, InvalidInput
+from storage.models import consent_events, subscriptions, suppressions
+from storage.sql import upsert
+
+__all__ = ["HistoryEntry", "Ledger", "suppressed_clause"]
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    at: float
+    event: str
+    method: str | None
+    source: str | None
+    actor: str
+    evidence: str | None = None
+    consent_text_version: str | None = None
+    link_id: str | None = None
+
+
+def suppressed_clause(channel_col: Any, hash_col: Any, consented_col: Any) -> Any:
+    """SQL truth of "a suppression outranks this subscription": one exists, recorded after the
+    last consent. A consent the recipient gave after it (only they can) outranks it."""
+    return exists().where(
+        and_(
+            suppressions.c.channel == channel_col,
+            suppressions.c.address_hash == hash_col,
+            or_(consented_col.is_(None), suppressions.c.at >= consented_col),
+        )
+    )
+
+
+class Ledger:
+    def __init__(self, secret_key: str, denied_sources: tuple[str, ...] = ()) -> None:
+        self.secret_key = secret_key
+        self.denied_sources = denied_sources
+
+    def hash(self, channel: str, address: str) -> str:
+        return address_hash(self.secret_key, channel, address)
+
+    async def state(self, conn: AsyncConnection, campaign: str, channel: str,
+                    address: str) -> SubscriberState:
+        ahash = self.hash(channel, address)
+        row = (
+            await conn.execute(
+                select(subscriptions.c.status, subscriptions.c.restricted,
+                       subscriptions.c.consented_at)
+                .where(subscriptions.c.campaign == campaign,
+                       subscriptions.c.channel == channel,
+                       subscriptions.c.address == address)
+            )
+        ).first()
+        consented_at = row.consented_at if row is not None else None
+        supp = select(suppressions.c.at).where(
+            suppressions.c.channel == channel, suppressions.c.address_hash == ahash
+        )
+        supp_at = (await conn.execute(supp)).scalar()
+        suppressed = supp_at is not None and (consented_at is None or supp_at >= consented_at)
+        if row is None:
+            return SubscriberState(Status.UNKNOWN, suppressed)
+        status = Status(row.status)
+        if row.restricted and status is Status.SUBSCRIBED:
+            # Restriction of processing: kept, but nothing is sent.
+            status = Status.PENDING
+        return SubscriberState(status, suppressed)
+
+    async def record_consent(
+        self,
+        conn: AsyncConnection,
+        campaign: str,
+        channel: str,
+        address: str,
+        ev: Evidence,
+        *,
+        by_recipient: bool,
+        pending: bool = False,
+        link_id: str | None = None,
+    ) -> Status:
+        """Record a consent (or a pending double opt-in). Raises the contract's problems:
+        ``missing_evidence`` / ``denied_source`` (422), ``opted_out`` / ``suppressed`` (409)."""
+        state = await self.state(conn, campaign, channel, address)
+        problem = check_new_consent(ev, state, self.denied_sources, by_recipient=by_recipient)
+        if problem in ("opted_out", "suppressed"):
+            raise Conflict(problem, "only the recipient can opt back in (START, a join page "
+                                    "or Telegram /start)")
+        if problem is not None:
+            raise InvalidInput(problem, _PROBLEM_DETAIL[problem])
+        if pending and state.status is Status.SUBSCRIBED and not state.suppressed:
+            return Status.SUBSCRIBED  # re-joining changes nothing about a subscriber
+        now = time.time()
+        status = Status.PENDING if pending else Status.SUBSCRIBED
+        await self._set_status(conn, campaign, channel, address, status, now)
+        await self._event(conn, campaign, channel, address, now,
+                          "pending" if pending else "subscribed", ev, link_id)
+        await audit.append(conn, campaign, ev.actor, "consent.pending" if pending
+                           else "consent.recorded",
+                           audit.subject_for(channel, self.hash(channel, address)),
+                           {"method": ev.method, "source": ev.source,
+                            "consent_text_version": ev.consent_text_version}, at=now)
+        return status
+
+    async def record_opt_out(
+        self,
+        conn: AsyncConnection,
+        campaign: str,
+        channel: str,
+        address: str,
+        *,
+        method: str,
+        reason: str,
+        actor: str,
+        every_campaign: bool = False,
+        suppression_reason: str | None = None,
+    ) -> int:
+        """Opt out of this campaign (or, ``every_campaign``, suppress on all) and cancel the
+        queued messages it covers, in the caller's transaction. Returns how many messages
+        were cancelled."""
+        now = time.time()
+        ahash = self.hash(channel, address)
+        await self._set_status(conn, campaign, channel, address, Status.OPTED_OUT, now)
+        await conn.execute(
+            consent_events.insert().values(
+                campaign=campaign, channel=channel, address=address, address_hash=ahash,
+                at=now, event="opted_out", method=method, source=reason, actor=actor,
+            )
+        )
+        if every_campaign:
+            await self.suppress(conn, channel, address, suppression_reason or reason,
+                                campaign=campaign, actor=actor, at=now)
+            cancelled = await outbox.cancel_queued_for(conn, None, channel, ahash, "suppressed")
+        else:
+            cancelled = await outbox.cancel_queued_for(conn, campaign, channel, ahash,
+                                                       "opted_out")
+        await audit.append(conn, campaign, actor,
+                           "suppression.recorded" if every_campaign else "opt_out.recorded",
+                           audit.subject_for(channel, ahash),
+                           {"method": method, "reason": reason, "cancelled": cancelled}, at=now)
+        return cancelled
+
+    async def suppress(self, conn: AsyncConnection, channel: str, address: str | None,
+                       reason: str, *, campaign: str | None, actor: str,
+                       at: float | None = None, ahash: str | None = None) -> None:
+        """Put an address (or, erased, only its hash) on the every-campaign list. An
+        existing entry is refreshed: the newest block is the one that counts."""
+        now = time.time() if at is None else at
+        ahash = ahash or self.hash(channel, address or "")
+        await conn.execute(
+            upsert(conn, suppressions, ("channel", "address_hash"),
+                   dict(channel=channel, address_hash=ahash, address=address, reason=reason,
+                        campaign=campaign, actor=actor, at=now),
+                   dict(reason=reason, at=now, actor=actor))
+        )
+
+    async def history(self, conn: AsyncConnection, campaign: str, channel: str,
+                      address: str) -> Sequence[HistoryEntry]:
+        ahash = self.hash(channel, address)
+        rows = await conn.execute(
+            select(consent_events)
+            .where(consent_events.c.campaign == campaign, consent_events.c.channel == channel,
+                   consent_events.c.address_hash == ahash)
+            .order_by(consent_events.c.at, consent_events.c.id)
+        )
+        out = [HistoryEntry(r.at, r.event, r.method, r.source, r.actor, r.evidence,
+                            r.consent_text_version, r.link_id) for r in rows]
+        supp = (await conn.execute(
+            select(suppressions).where(suppressions.c.channel == channel,
+                                       suppressions.c.address_hash == ahash))).first()
+        if supp is not None:
+            out.append(HistoryEntry(supp.at, "suppressed", None, supp.reason, supp.actor))
+            out.sort(key=lambda h: h.at)
+        return out
+
+    async def touch_contact(self, conn: AsyncConnection, campaign: str, channel: str,
+                            address: str) -> None:
+        await conn.execute(
+            update(subscriptions)
+            .where(subscriptions.c.campaign == campaign, subscriptions.c.channel == channel,
+                   subscriptions.c.address == address)
+            .values(last_contact_at=time.time())
+        )
+
+    async def _set_status(self, conn: AsyncConnection, campaign: str, channel: str,
+                          address: str, status: Status, now: float) -> None:
+        values: dict[str, Any] = dict(
+            campaign=campaign, channel=channel, address=address,
+            address_hash=self.hash(channel, address), status=status.value, restricted=False,
+            updated_at=now, last_contact_at=now,
+            consented_at=now if status is Status.SUBSCRIBED else None,
+        )
+        changes: dict[str, Any] = dict(status=status.value, updated_at=now, last_contact_at=now)
+        if status is Status.SUBSCRIBED:
+            changes["consented_at"] = now
+        await conn.execute(upsert(conn, subscriptions, ("campaign", "channel", "address"),
+                                  values, changes))
+
+    async def _event(self, conn: AsyncConnection, campaign: str, channel: str, address: str,
+                     now: float, event: str, ev: Evidence, link_id: str | None) -> None:
+        await conn.execute(
+            consent_events.insert().values(
+                campaign=campaign, channel=channel, address=address,
+                address_hash=self.hash(channel, address), at=now, event=event,
+                method=ev.method, source=ev.source, evidence=ev.evidence,
+                consent_text_version=ev.consent_text_version, actor=ev.actor, link_id=link_id,
+            )
+        )
+
+
+_PROBLEM_DETAIL = {
+    "missing_evidence": "a consent needs a non-empty source and evidence",
+    "denied_source": "consent from this source is refused by the campaign's policy "
+                     "(lists may not be harvested from other groups)",
+    "invalid_method": "method must be one of web_form, paper_form, verbal, keyword, "
+                      "telegram_start, import",
+}
+

@@ -1,0 +1,234 @@
+"""The durable outbox: every outbound message is a row before anything is sent.
+
+A message moves ``queued`` -> (claimed: a lease on a queued row) -> ``sending`` (the gate
+admitted it, the provider call is under way) -> ``sent`` / ``delivered`` / ``failed``, or
+``blocked`` (the gate refused it at dispatch) or ``cancelled`` (opt-out, broadcast cancel).
+A row left ``sending`` by a dead process is never sent again automatically: we cannot know
+whether the provider took it, and a second copy is worse than a missing one. It becomes
+``failed`` with reason ``interrupted`` (a later provider status callback can still correct
+it to ``sent`` / ``delivered``).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.models import broadcasts, messages
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "Claimed",
+    "MAX_ATTEMPTS",
+    "backoff",
+    "cancel_queued_for",
+    "claim",
+    "enqueue",
+    "mark_failed",
+    "mark_retry",
+    "mark_sent",
+    "reap_interrupted",
+    "release_leases",
+]
+
+MAX_ATTEMPTS = 8
+ACTIVE_STATUSES = ("queued", "sending")
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    campaign: str
+    channel: str
+    address: str
+    address_hash: str
+    kind: str
+    text: str
+    subject: str | None
+    broadcast_id: int | None
+    attempts: int
+
+
+async def enqueue(
+    conn: AsyncConnection,
+    *,
+    campaign: str,
+    channel: str,
+    address: str,
+    address_hash: str,
+    text: str,
+    kind: str = "campaign",
+    created_by: str,
+    not_before: float | None = None,
+    subject: str | None = None,
+) -> int:
+    now = time.time()
+    result = await conn.execute(
+        messages.insert().values(
+            campaign=campaign, channel=channel, address=address, address_hash=address_hash,
+            kind=kind, text=text, subject=subject, status="queued", attempts=0,
+            created_by=created_by, created_at=now, updated_at=now,
+            not_before=now if not_before is None else not_before,
+        ).returning(messages.c.id)
+    )
+    return int(result.scalar_one())
+
+
+async def claim(
+    conn: AsyncConnection, *, worker: str, campaign: str, channel: str, limit: int,
+    lease_seconds: float, now: float | None = None,
+) -> list[Claimed]:
+    """Lease up to ``limit`` due messages of one campaign and channel, oldest first.
+    A lease only reserves the row: the gate still decides, later, whether it is sent."""
+    now = time.time() if now is None else now
+    due = (
+        select(messages.c.id)
+        .where(messages.c.campaign == campaign, messages.c.channel == channel,
+               messages.c.status == "queued", messages.c.not_before <= now,
+               or_(messages.c.lease_expires.is_(None), messages.c.lease_expires < now))
+        .order_by(messages.c.not_before, messages.c.id)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    rows = (
+        await conn.execute(
+            update(messages)
+            .where(messages.c.id.in_(due.scalar_subquery()))
+            .values(lease_owner=worker, lease_expires=now + lease_seconds)
+            .returning(messages.c.id, messages.c.campaign, messages.c.channel,
+                       messages.c.address, messages.c.address_hash, messages.c.kind,
+                       messages.c.text, messages.c.subject, messages.c.broadcast_id,
+                       messages.c.attempts)
+        )
+    ).all()
+    texts = await _broadcast_texts(conn, {r.broadcast_id for r in rows if r.text is None})
+    claimed = [
+        Claimed(r.id, r.campaign, r.channel, r.address, r.address_hash, r.kind,
+                r.text if r.text is not None else texts[r.broadcast_id][0],
+                r.subject if r.text is not None else texts[r.broadcast_id][1],
+                r.broadcast_id, r.attempts)
+        for r in rows
+    ]
+    claimed.sort(key=lambda c: c.id)
+    return claimed
+
+
+async def _broadcast_texts(conn: AsyncConnection,
+                           ids: set[int]) -> dict[int, tuple[str, str | None]]:
+    if not ids:
+        return {}
+    rows = await conn.execute(
+        select(broadcasts.c.id, broadcasts.c.text, broadcasts.c.subject)
+        .where(broadcasts.c.id.in_(ids)))
+    return {r.id: (r.text, r.subject) for r in rows}
+
+
+async def cancel_queued_for(conn: AsyncConnection, campaign: str | None, channel: str,
+                            address_hash: str, reason: str) -> int:
+    """Cancel an address's queued campaign messages (of one campaign, or every campaign
+    when ``campaign`` is None). Leased rows are cancelled too: the gate admits only rows
+    still ``queued``. Replies to the person's own STOP/HELP are left alone."""
+    conds = [messages.c.channel == channel, messages.c.address_hash == address_hash,
+             messages.c.status == "queued", messages.c.kind != "reply"]
+    if campaign is not None:
+        conds.append(messages.c.campaign == campaign)
+    result = await conn.execute(
+        update(messages).where(and_(*conds))
+        .values(status="cancelled", reason=reason, updated_at=time.time(),
+                lease_owner=None, lease_expires=None)
+    )
+    return int(result.rowcount or 0)
+
+
+async def mark_sent(conn: AsyncConnection, sent: Iterable[tuple[int, str | None]]) -> None:
+    """Record provider acceptance. A status callback may have got there first (it sets
+    ``sent``/``delivered`` itself), so only rows still ``sending`` change."""
+    now = time.time()
+    for message_id, provider_id in sent:
+        await conn.execute(
+            update(messages)
+            .where(messages.c.id == message_id, messages.c.status == "sending")
+            .values(status="sent", provider_id=provider_id, sent_at=now, updated_at=now,
+                    lease_owner=None, lease_expires=None)
+        )
+
+
+def backoff(attempts: int, retry_after: float | None = None) -> float:
+    """Seconds before the next try: the provider's word if it gave one, else exponential
+    with full jitter (1 s, 2 s, 4 s ... capped at 5 minutes)."""
+    if retry_after is not None and retry_after > 0:
+        return retry_after + random.uniform(0, 0.25)
+    cap = min(300.0, float(2 ** max(0, attempts - 1)))
+    return random.uniform(cap / 2, cap)
+
+
+async def mark_retry(conn: AsyncConnection, message_id: int, attempts: int, reason: str,
+                     retry_after: float | None) -> str:
+    """Put a message back in the queue after a transient failure, or fail it for good once
+    it has had :data:`MAX_ATTEMPTS`. Returns the new status."""
+    now = time.time()
+    if attempts >= MAX_ATTEMPTS:
+        await mark_failed(conn, message_id, reason, f"gave up after {attempts} attempts")
+        return "failed"
+    await conn.execute(
+        update(messages)
+        .where(messages.c.id == message_id, messages.c.status == "sending")
+        .values(status="queued", not_before=now + backoff(attempts, retry_after),
+                last_error=reason, updated_at=now, lease_owner=None, lease_expires=None)
+    )
+    return "queued"
+
+
+async def mark_failed(conn: AsyncConnection, message_id: int, reason: str,
+                      detail: str = "") -> None:
+    await conn.execute(
+        update(messages)
+        .where(messages.c.id == message_id, messages.c.status == "sending")
+        .values(status="failed", reason=reason, last_error=detail or reason,
+                updated_at=time.time(), lease_owner=None, lease_expires=None)
+    )
+
+
+async def reap_interrupted(conn: AsyncConnection, *, everything: bool = False,
+                           now: float | None = None) -> int:
+    """Fail the rows left ``sending`` by a process that died mid-call (lease expired, or
+    every such row when this is the only process, as on SQLite at start-up)."""
+    now = time.time() if now is None else now
+    cond = messages.c.status == "sending"
+    if not everything:
+        cond = and_(cond, messages.c.lease_expires < now)
+    result = await conn.execute(
+        update(messages).where(cond)
+        .values(status="failed", reason="interrupted",
+                last_error="the process stopped during the provider call; not resent",
+                updated_at=now, lease_owner=None, lease_expires=None)
+    )
+    return int(result.rowcount or 0)
+
+
+async def release_leases(conn: AsyncConnection, worker: str | None = None,
+                         ids: Sequence[int] | None = None) -> int:
+    """Return leased but unsent rows to the queue (graceful shutdown, or start-up of the
+    only process)."""
+    cond = and_(messages.c.status == "queued", messages.c.lease_owner.is_not(None))
+    if worker is not None:
+        cond = and_(cond, messages.c.lease_owner == worker)
+    if ids is not None:
+        cond = and_(cond, messages.c.id.in_(list(ids)))
+    result = await conn.execute(
+        update(messages).where(cond).values(lease_owner=None, lease_expires=None))
+    return int(result.rowcount or 0)
+
+
+async def counts_by_status(conn: AsyncConnection, broadcast_id: int) -> dict[str, int]:
+    rows = await conn.execute(
+        select(messages.c.status, func.count())
+        .where(messages.c.broadcast_id == broadcast_id)
+        .group_by(messages.c.status))
+    return {status: int(n) for status, n in rows}

@@ -1,0 +1,62 @@
+"""The aiohttp application: middleware (request context, limits, errors) and routes.
+
+Handlers are thin: they parse, authorise and call a service. Every error a service raises
+is a :class:`bot.errors.GatewayError` and becomes problem+json here, once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from bot.errors import GatewayError
+from bot.gateway import Gateway
+from bot.web import api, pages, webhooks
+from bot.web.common import GATEWAY
+from bot.web.problems import problem
+
+__all__ = ["GATEWAY", "create_app"]
+
+
+_log = structlog.get_logger("consentgate.web")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=uuid.uuid4().hex[:12],
+                                           method=request.method, path=request.path)
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        _log.info("request.refused", code=exc.code, status=exc.status)
+        return problem(exc.status, exc.code, exc.detail, exc.title)
+    except web.HTTPRequestEntityTooLarge:
+        return problem(413, "body_too_large", "the request body is too large")
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+            return problem(exc.status, code, exc.reason)
+        raise
+    except Exception:
+        # Never a half-applied change: the transaction rolled back. 503 so that providers
+        # retry their webhook and callers may try again.
+        _log.exception("request.failed")
+        return problem(503, "temporarily_unavailable",
+                       "the request could not be completed; nothing was changed, "
+                       "please retry")
+
+
+def create_app(gateway: Gateway) -> web.Application:
+    app = web.Application(middlewares=[_errors],
+                          client_max_size=gateway.settings.server.max_import_bytes)
+    app[GATEWAY] = gateway
+    api.add_routes(app)
+    webhooks.add_routes(app)
+    pages.add_routes(app)
+    return app
