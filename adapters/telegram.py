@@ -43,6 +43,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import httpx
 from telegram import Bot, Chat, InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.error import (
     BadRequest,
@@ -53,6 +54,7 @@ from telegram.error import (
     NetworkError,
     RetryAfter,
     TelegramError,
+    TimedOut,
 )
 from telegram.request import HTTPXRequest
 from telegram.warnings import PTBDeprecationWarning
@@ -60,6 +62,7 @@ from telegram.warnings import PTBDeprecationWarning
 from adapters.base import (
     InboundEvent,
     OutboundMessage,
+    OutcomeUnknown,
     PermanentSendError,
     Permit,
     RecipientRefused,
@@ -237,6 +240,10 @@ class TelegramChannel:
                 self._pacer.hold(chat_id, time.monotonic() + error.retry_after)
             raise error from exc
         except TelegramError as exc:
+            if _outcome_unknown(exc):
+                # Sent, perhaps delivered, answer lost: a retry could be a second message.
+                raise OutcomeUnknown("timeout" if isinstance(exc, TimedOut) else "network",
+                                     str(exc).replace(self._token, "<token>")) from exc
             raise self._translate(exc, recipient=chat_id > 0) from exc
         return SendResult(provider_id=f"{sent.chat_id}:{sent.message_id}")
 
@@ -363,6 +370,16 @@ class TelegramChannel:
 
     def _translate(self, exc: TelegramError, *, recipient: bool) -> SendError:
         return _translate_error(exc, recipient=recipient, token=self._token)
+
+
+def _outcome_unknown(exc: TelegramError) -> bool:
+    """Whether the request may have reached Telegram without an answer coming back (a read
+    timeout, a dropped connection). An HTTP answer (even a 5xx) or a failure to connect means
+    it was not taken, so trying again cannot duplicate it."""
+    cause = exc.__cause__
+    if not isinstance(cause, httpx.HTTPError):
+        return False
+    return not isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
 def _translate_error(exc: TelegramError, *, recipient: bool, token: str) -> SendError:

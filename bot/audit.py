@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.models import audit_events, audit_heads
 
-__all__ = ["AuditRecord", "GENESIS", "append", "first_broken", "record_hash", "subject_for"]
+__all__ = ["GENESIS", "AuditRecord", "Verification", "append", "first_broken", "record_hash",
+           "subject_for", "verify"]
 
 GENESIS = "0" * 64
 
@@ -91,15 +92,78 @@ async def append(
     return AuditRecord(seq, at, actor, action, subject, detail_text, prev, digest)
 
 
-def first_broken(records: Iterable[AuditRecord]) -> int | None:
-    """The ``seq`` of the first record whose link or hash does not hold, or None."""
-    prev = GENESIS
-    expected_seq = 1
+def _fault(r: AuditRecord, prev: str, expected_seq: int) -> str | None:
+    """What is wrong with record ``r`` coming after ``prev``, or None."""
+    if r.seq > expected_seq:
+        gone = (str(expected_seq) if r.seq == expected_seq + 1
+                else f"{expected_seq} to {r.seq - 1}")
+        return f"the record(s) before it ({gone}) are missing"
+    if r.seq != expected_seq:
+        return "it is out of order"
+    if r.prev_hash != prev:
+        return "its link to the previous record does not match"
+    if record_hash(prev, r.seq, r.at, r.actor, r.action, r.subject, r.detail) != r.hash:
+        return "its content does not match its hash"
+    return None
+
+
+def first_broken(records: Iterable[AuditRecord], prev: str = GENESIS,
+                 expected_seq: int = 1) -> int | None:
+    """The ``seq`` of the first record whose link or hash does not hold, or None.
+    ``prev`` / ``expected_seq`` continue a check from an earlier page."""
     for r in records:
-        if r.seq != expected_seq or r.prev_hash != prev:
-            return r.seq
-        if record_hash(prev, r.seq, r.at, r.actor, r.action, r.subject, r.detail) != r.hash:
+        if _fault(r, prev, expected_seq) is not None:
             return r.seq
         prev = r.hash
         expected_seq += 1
     return None
+
+
+@dataclass(frozen=True)
+class Verification:
+    campaign: str
+    records: int
+    first_broken: int | None = None
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.first_broken is None
+
+
+async def verify(conn: AsyncConnection, campaign: str, *, page: int = 5000) -> Verification:
+    """Recompute a campaign's chain from the first record, page by page, then compare its
+    end with ``audit_heads`` (which catches a removed tail or a record added behind the
+    chain's back). Names the first broken ``seq`` and what is wrong with it."""
+    prev, expected, count = GENESIS, 1, 0
+    while True:
+        rows = (await conn.execute(
+            select(audit_events).where(audit_events.c.campaign == campaign,
+                                       audit_events.c.seq >= expected)
+            .order_by(audit_events.c.seq).limit(page))).all()
+        for row in rows:
+            r = AuditRecord(row.seq, row.at, row.actor, row.action, row.subject, row.detail,
+                            row.prev_hash, row.hash)
+            fault = _fault(r, prev, expected)
+            if fault is not None:
+                return Verification(campaign, count, r.seq, fault)
+            prev, expected, count = r.hash, expected + 1, count + 1
+        if len(rows) < page:
+            break
+    head = (await conn.execute(select(audit_heads.c.seq, audit_heads.c.hash)
+                               .where(audit_heads.c.campaign == campaign))).first()
+    last = expected - 1
+    if head is None:
+        if count:
+            return Verification(campaign, count, last, "the chain's head record is missing")
+        return Verification(campaign, 0)
+    if head.seq > last:
+        gone = str(head.seq) if head.seq == last + 1 else f"{last + 1} to {head.seq}"
+        return Verification(campaign, count, last + 1,
+                            f"the last record(s) ({gone}) are missing")
+    if head.seq < last:
+        return Verification(campaign, count, head.seq + 1,
+                            "records were added after the chain's head")
+    if head.hash != prev:
+        return Verification(campaign, count, last, "the last record does not match the head")
+    return Verification(campaign, count)

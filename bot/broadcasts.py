@@ -22,10 +22,57 @@ from bot.messages import MAX_TEXT, iso
 from storage.db import Database
 from storage.models import broadcasts, messages, subscriptions
 
-__all__ = ["BroadcastService", "MESSAGE_STATUSES"]
+__all__ = ["BroadcastService", "MESSAGE_STATUSES", "pause_if_failing"]
 
 MESSAGE_STATUSES = ("queued", "sending", "sent", "delivered", "failed", "blocked", "cancelled")
 BATCH = 5000
+
+#: A broadcast pauses itself when more than PAUSE_FAILURE_RATE of its messages that reached
+#: the provider have failed (hard bounces above all), counted once PAUSE_AFTER_ATTEMPTS did.
+#: A list that bounces like that is stale or was not collected with consent, and mailbox
+#: providers block senders for it: a person should look before anything more goes.
+PAUSE_AFTER_ATTEMPTS = 200
+PAUSE_FAILURE_RATE = 0.05
+#: ``not_before`` of the queued messages of a paused broadcast: held until it is cancelled.
+HELD_UNTIL = 253402300799.0  # 9999-12-31T23:59:59Z
+
+
+def _failure_figures(counts: dict[str, int]) -> tuple[int, int]:
+    attempted = counts.get("sent", 0) + counts.get("delivered", 0) + counts.get("failed", 0)
+    return counts.get("failed", 0), attempted
+
+
+async def pause_if_failing(conn: AsyncConnection, broadcast_id: int) -> bool:
+    """Pause the broadcast if its failures broke the rule above (in the caller's
+    transaction): its queued messages are held, including those a dispatcher has claimed
+    but not yet taken to the gate. Returns True if it was paused now. On a paused broadcast
+    it holds again what a retry has put back in the queue since."""
+    b = (await conn.execute(select(broadcasts.c.campaign, broadcasts.c.status).where(
+        broadcasts.c.id == broadcast_id))).first()
+    if b is not None and b.status == "paused":
+        await conn.execute(
+            update(messages).where(messages.c.broadcast_id == broadcast_id,
+                                   messages.c.status == "queued",
+                                   messages.c.not_before < HELD_UNTIL)
+            .values(not_before=HELD_UNTIL, lease_owner=None, lease_expires=None))
+        return False
+    if b is None or b.status not in ("enqueuing", "queued"):
+        return False
+    failed, attempted = _failure_figures(await outbox.counts_by_status(conn, broadcast_id))
+    if attempted < PAUSE_AFTER_ATTEMPTS or failed <= PAUSE_FAILURE_RATE * attempted:
+        return False
+    now = time.time()
+    await conn.execute(update(broadcasts).where(broadcasts.c.id == broadcast_id)
+                       .values(status="paused"))
+    held = await conn.execute(
+        update(messages).where(messages.c.broadcast_id == broadcast_id,
+                               messages.c.status == "queued")
+        .values(not_before=HELD_UNTIL, lease_owner=None, lease_expires=None, updated_at=now))
+    await audit.append(conn, b.campaign, "gateway", "broadcast.paused",
+                       f"broadcast#{broadcast_id}",
+                       {"failed": failed, "attempted": attempted,
+                        "held": int(held.rowcount or 0)}, at=now)
+    return True
 
 
 def _exclusion_reason() -> Any:
@@ -140,8 +187,17 @@ class BroadcastService:
                 raise NotFound("broadcast_not_found", "no such broadcast in this campaign")
             found = await outbox.counts_by_status(conn, broadcast_id)
         counts = {k: found.get(k, 0) for k in MESSAGE_STATUSES}
+        paused: dict[str, Any] = {}
         if b.status == "cancelled":
             status = "cancelled"
+        elif b.status == "paused":
+            status = "paused"
+            failed, attempted = _failure_figures(counts)
+            paused = {"paused": {
+                "reason": "too_many_failures", "failed": failed, "attempted": attempted,
+                "detail": f"{failed} of {attempted} messages failed, over "
+                          f"{PAUSE_FAILURE_RATE:.0%} after at least {PAUSE_AFTER_ATTEMPTS}; "
+                          "the rest are held until the broadcast is cancelled"}}
         elif b.status == "enqueuing" or counts["queued"] + counts["sending"] > 0:
             progressed = sum(counts.values()) - counts["queued"]
             status = "sending" if progressed else "queued"
@@ -149,7 +205,7 @@ class BroadcastService:
             status = "done"
         return {"id": b.id, "channel": b.channel, "status": status, "counts": counts,
                 "eligible": b.eligible, "excluded": json.loads(b.excluded),
-                "created_at": iso(b.created_at), "created_by": b.created_by}
+                "created_at": iso(b.created_at), "created_by": b.created_by, **paused}
 
     async def cancel(self, campaign: str, broadcast_id: int, actor: str) -> dict[str, Any]:
         """Cancel: no message of it is handed to a provider after this commits (a message

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -16,7 +17,11 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from adapters.base import OutboundMessage
 from bot.config import CampaignSettings
 from bot.outbox import Claimed
+from bot.telegram import consent_buttons
 from bot.tokens import Tokens, TokenSubject
+
+if TYPE_CHECKING:
+    from bot.unsubscribe import MailTokens
 
 __all__ = ["Composer", "says_how_to_opt_out"]
 
@@ -40,10 +45,11 @@ def says_how_to_opt_out(text: str) -> bool:
 
 class Composer:
     def __init__(self, campaigns: dict[str, CampaignSettings], public_url: str,
-                 tokens: Tokens) -> None:
+                 tokens: Tokens, mail_tokens: MailTokens | None = None) -> None:
         self.campaigns = campaigns
         self.public_url = public_url.rstrip("/")
         self.tokens = tokens
+        self.mail_tokens = mail_tokens
         host = urlsplit(self.public_url).hostname or "localhost"
         self.list_domain = host
 
@@ -57,7 +63,8 @@ class Composer:
             return self._sms(c, settings)
         if c.channel == "email":
             return self._email(c, settings)
-        return OutboundMessage(str(c.id), c.campaign, c.channel, c.address, c.text, kind=c.kind)
+        return OutboundMessage(str(c.id), c.campaign, c.channel, c.address, c.text, kind=c.kind,
+                               buttons=consent_buttons(c.kind, c.subject))
 
     def _sms(self, c: Claimed, settings: CampaignSettings) -> OutboundMessage:
         text = c.text
@@ -68,9 +75,16 @@ class Composer:
 
     def _email(self, c: Claimed, settings: CampaignSettings) -> OutboundMessage:
         subject = c.subject or settings.name
+        mt = self.mail_tokens
+        inbound = settings.email.inbound if settings.email and mt else None
+        envelope_from = None
+        if inbound is not None and mt is not None:
+            # VERP: a bounce comes back to an address naming the very message it is about.
+            token = mt.bounce_token(c.id, c.campaign, c.address_hash)
+            envelope_from = f"bounce+{token}@{inbound.domain}"
         if c.kind != "campaign":
             return OutboundMessage(str(c.id), c.campaign, c.channel, c.address, c.text,
-                                   kind=c.kind, subject=subject)
+                                   kind=c.kind, subject=subject, envelope_from=envelope_from)
         url = self.unsubscribe_url(c.campaign, c.channel, c.address_hash)
         context = {"text": c.text, "campaign": settings, "unsubscribe_url": url}
         headers = {
@@ -78,10 +92,18 @@ class Composer:
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
             "List-Id": f"{settings.name} <{c.campaign}.{self.list_domain}>",
         }
+        if inbound is not None and mt is not None and settings.email is not None:
+            unsubscribe = mt.address_token("unsubscribe", c.campaign, c.address_hash)
+            headers["List-Unsubscribe"] += (f", <mailto:unsubscribe+{unsubscribe}@"
+                                            f"{inbound.domain}?subject=unsubscribe>")
+            # Replies reach the campaign's own mailbox and, for opt-out phrases, the gateway.
+            reply = mt.address_token("reply", c.campaign, c.address_hash)
+            headers["Reply-To"] = (f"{settings.email.from_address}, "
+                                   f"reply+{reply}@{inbound.domain}")
         return OutboundMessage(
             str(c.id), c.campaign, c.channel, c.address,
             _env.get_template("email.txt").render(context),
             kind=c.kind, subject=subject,
             html=_env.get_template("email.html").render(context),
-            headers=headers,
+            headers=headers, envelope_from=envelope_from,
         )

@@ -23,6 +23,7 @@ import phonenumbers
 __all__ = [
     "CampaignSettings",
     "ConfigError",
+    "DispatchSettings",
     "EmailSettings",
     "InboundEmailSettings",
     "OperatorSettings",
@@ -60,6 +61,14 @@ class ServerSettings:
 @dataclass(frozen=True)
 class StorageSettings:
     url: str = "sqlite+aiosqlite:///consentgate.db"
+    pool_size: int = 10  # connections kept per process (as many again may open under load)
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    # How long a claimed or in-flight message stays reserved to its process. Keep it above
+    # the provider call timeout: a lease that expires mid-call turns the message `interrupted`.
+    lease_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,7 @@ class TelegramSettings:
     own_chats: tuple[int, ...] = ()
     rate_per_second: float = 25.0
     bot_username: str | None = None
+    polling: bool = False  # getUpdates instead of a webhook (no public URL needed)
 
 
 @dataclass(frozen=True)
@@ -154,6 +164,7 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     campaigns: tuple[CampaignSettings, ...] = ()
+    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
 
     def campaign(self, slug: str) -> CampaignSettings | None:
         for c in self.campaigns:
@@ -172,7 +183,8 @@ class Settings:
 # --------------------------------------------------------------------------------------------
 
 _SERVER_KEYS = ("host", "port", "public_url", "max_body_bytes", "max_import_bytes")
-_STORAGE_KEYS = ("url",)
+_STORAGE_KEYS = ("url", "pool_size")
+_DISPATCH_KEYS = ("lease_seconds",)
 _SECURITY_KEYS = ("secret_key",)
 _POLICY_KEYS = ("denied_sources", "quiet_hours", "timezone", "retention_days")
 _CAMPAIGN_KEYS = (
@@ -223,6 +235,7 @@ _TELEGRAM_KEYS = (
     "own_chats",
     "rate_per_second",
     "bot_username",
+    "polling",
 )
 
 SMS_PROVIDERS = ("twilio", "log")
@@ -452,7 +465,16 @@ def _parse_storage(raw: object) -> StorageSettings:
         raise ConfigError(
             t.key("url"), "must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
         )
-    return StorageSettings(url=url)
+    return StorageSettings(url=url, pool_size=t.int_or("pool_size", StorageSettings().pool_size,
+                                                       minimum=1, maximum=1000))
+
+
+def _parse_dispatch(raw: object) -> DispatchSettings:
+    t = _Table(raw, "dispatch", _DISPATCH_KEYS)
+    lease = t.positive_number_or("lease_seconds", DispatchSettings().lease_seconds)
+    if lease < 1:
+        raise ConfigError(t.key("lease_seconds"), "must be at least 1 (seconds)")
+    return DispatchSettings(lease_seconds=lease)
 
 
 def _parse_security(raw: object) -> SecuritySettings:
@@ -665,6 +687,7 @@ def _parse_telegram(raw: object, path: str) -> TelegramSettings:
                 t.key("bot_username"), f"is not a Telegram username: {_show(bot_username)}"
             )
     rate = t.positive_number_or("rate_per_second", d.rate_per_second)
+    polling = bool(t.opt_bool("polling"))
     if provider == "log":
         return TelegramSettings(
             provider=provider,
@@ -672,8 +695,9 @@ def _parse_telegram(raw: object, path: str) -> TelegramSettings:
             rate_per_second=rate,
             bot_username=bot_username,
         )
-    secret = t.req_str("webhook_secret")
-    if not _WEBHOOK_SECRET_RE.fullmatch(secret):
+    # Polling needs no webhook, so no secret; a webhook always does.
+    secret = t.opt_str("webhook_secret") if polling else t.req_str("webhook_secret")
+    if secret is not None and not _WEBHOOK_SECRET_RE.fullmatch(secret):
         raise ConfigError(t.key("webhook_secret"), "must be 1-256 characters of A-Z a-z 0-9 _ -")
     return TelegramSettings(
         provider=provider,
@@ -684,6 +708,7 @@ def _parse_telegram(raw: object, path: str) -> TelegramSettings:
         own_chats=tuple(own_chats),
         rate_per_second=rate,
         bot_username=bot_username,
+        polling=polling,
     )
 
 
@@ -761,7 +786,8 @@ def parse_config(text: str, environ: Mapping[str, str] | None = None) -> Setting
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"malformed TOML: {exc}") from None
     root = _Table(
-        _expand(document, "", env), "", ("server", "storage", "security", "policy", "campaigns")
+        _expand(document, "", env), "", ("server", "storage", "security", "policy", "campaigns",
+                                "dispatch")
     )
     server = _parse_server(root.data.get("server", {}))
     storage = _parse_storage(root.data.get("storage", {}))
@@ -769,6 +795,7 @@ def parse_config(text: str, environ: Mapping[str, str] | None = None) -> Setting
         raise ConfigError("security.secret_key", "required key is missing")
     security = _parse_security(root.data["security"])
     policy = _parse_policy(root.data.get("policy", {}))
+    dispatch = _parse_dispatch(root.data.get("dispatch", {}))
     slugs: dict[str, str] = {}
     tokens: dict[str, str] = {}
     campaigns = tuple(
@@ -776,7 +803,8 @@ def parse_config(text: str, environ: Mapping[str, str] | None = None) -> Setting
         for i, item in enumerate(root.opt_list("campaigns") or [])
     )
     return Settings(
-        security=security, server=server, storage=storage, policy=policy, campaigns=campaigns
+        security=security, server=server, storage=storage, policy=policy, campaigns=campaigns,
+        dispatch=dispatch,
     )
 
 

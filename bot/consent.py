@@ -57,6 +57,9 @@ class SubscriberState:
 
     status: Status = Status.UNKNOWN
     suppressed: bool = False  # on the every-campaign suppression list
+    #: pending a double opt-in the person started after opting out: until they confirm,
+    #: their objection stands (an operator still may not subscribe them)
+    objected: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,7 @@ def check_new_consent(
     if not by_recipient:
         if state.suppressed or state.status is Status.SUPPRESSED:
             return "suppressed"
-        if state.status is Status.OPTED_OUT:
+        if state.status is Status.OPTED_OUT or state.objected:
             return "opted_out"
     return None
 

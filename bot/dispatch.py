@@ -30,12 +30,13 @@ from adapters.base import (
 )
 from bot import outbox
 from bot.addresses import mask
+from bot.broadcasts import pause_if_failing
 from bot.compose import Composer
 from bot.gate import ConsentGate
 from bot.ledger import Ledger
 from bot.metrics import Metrics
 from bot.outbox import Claimed
-from bot.ratelimit import Pacer
+from bot.ratelimit import Pacer, SendBudget
 from storage.db import Database
 
 __all__ = ["Dispatcher"]
@@ -65,7 +66,8 @@ class Dispatcher:
         lookahead_seconds: float = 1.0,
         max_in_flight: int = 256,
         poll_interval: float = 0.25,
-        pacer_factory: Callable[[ChannelAdapter], Pacer] | None = None,
+        retry_base_seconds: float = 1.0,
+        pacer_factory: Callable[[ChannelAdapter], SendBudget] | None = None,
     ) -> None:
         self.db = db
         self.gate = gate
@@ -77,9 +79,11 @@ class Dispatcher:
         self.lease_seconds = lease_seconds
         self.lookahead = lookahead_seconds
         self.poll_interval = poll_interval
+        self.retry_base_seconds = retry_base_seconds
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._pacers: dict[str, Pacer] = {}
-        factory = pacer_factory or (lambda a: Pacer(a.rate_per_second))
+        self._pacers: dict[str, SendBudget] = {}
+        factory: Callable[[ChannelAdapter], SendBudget] = (
+            pacer_factory or (lambda a: Pacer(a.rate_per_second)))
         for adapter in self.adapters.values():
             if adapter.sender_key not in self._pacers:
                 self._pacers[adapter.sender_key] = factory(adapter)
@@ -147,9 +151,16 @@ class Dispatcher:
             pending = deque(claimed)
             while pending and not self._stopping.is_set():
                 n = await pacer.take(len(pending))
+                # Wait for one slot only, then take the free ones: waiting for n slots while
+                # holding some deadlocks once n exceeds max_in_flight (a fast sender's burst).
+                await self._slots.acquire()
+                got = 1
+                while got < n and not self._slots.locked():
+                    await self._slots.acquire()  # free: returns at once
+                    got += 1
+                pacer.give_back(n - got)
+                n = got
                 batch = [pending.popleft() for _ in range(n)]
-                for _ in batch:
-                    await self._slots.acquire()
                 try:
                     used = await self._admit_and_send(batch)
                 except Exception:
@@ -224,6 +235,11 @@ class Dispatcher:
             for r in batch:
                 if r.error is not None:
                     await self._record_error(conn, r.claimed, r.error)
+            for broadcast_id in sorted({r.claimed.broadcast_id for r in batch if r.error
+                                        is not None and r.claimed.broadcast_id is not None}):
+                if await pause_if_failing(conn, broadcast_id):
+                    _log.warning("broadcast.paused", broadcast_id=broadcast_id,
+                                 reason="too_many_failures")
         for r in batch:
             c = r.claimed
             if r.error is None:
@@ -236,7 +252,7 @@ class Dispatcher:
                         reason=error.reason, to=mask(c.address))
         if isinstance(error, RetryableSendError):
             status = await outbox.mark_retry(conn, c.id, c.attempts + 1, error.reason,
-                                             error.retry_after)
+                                             error.retry_after, self.retry_base_seconds)
             log.warning("message.retry" if status == "queued" else "message.failed",
                         attempts=c.attempts + 1)
             if status == "failed":

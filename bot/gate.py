@@ -101,7 +101,7 @@ class ConsentGate:
             return out
         by_id = {c.id: c for c in batch}
         m, s = messages, subscriptions
-        rows = await conn.execute(
+        query = (
             select(m.c.id, m.c.status, m.c.lease_owner, s.c.status.label("sub_status"),
                    s.c.restricted, suppressed_clause(m.c.channel, m.c.address_hash,
                                                      s.c.consented_at).label("suppressed"))
@@ -109,7 +109,14 @@ class ConsentGate:
                                              s.c.channel == m.c.channel,
                                              s.c.address == m.c.address)))
             .where(m.c.id.in_(list(by_id)))
+            .order_by(m.c.id)
         )
+        if conn.dialect.name == "postgresql":
+            # Lock the rows until this transaction ends: a lease that expired while they
+            # waited may have been taken by another worker, whose claim commits between our
+            # read and our update; the lock makes us read its lease_owner and leave them.
+            query = query.with_for_update(of=m)
+        rows = await conn.execute(query)
         now = time.time()
         allowed: list[int] = []
         for row in rows:
@@ -141,7 +148,7 @@ class ConsentGate:
             await conn.execute(
                 update(m).where(m.c.id.in_(allowed))
                 .values(status="sending", attempts=m.c.attempts + 1, updated_at=now,
-                        lease_expires=now + lease_seconds))
+                        dispatched_at=now, lease_expires=now + lease_seconds))
             for message_id in allowed:
                 c = by_id[message_id]
                 out.permitted.append(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import IO
 
 from sqlalchemy import select
 
@@ -20,9 +21,13 @@ from bot.dispatch import Dispatcher
 from bot.gate import CampaignRules, ConsentGate
 from bot.inbound import InboundService
 from bot.ledger import Ledger
+from bot.links import LinkService
 from bot.messages import MessageService
 from bot.metrics import Metrics
+from bot.pgpacer import SharedPacer
+from bot.telegram import TelegramService, telegram_bots
 from bot.tokens import Tokens
+from bot.unsubscribe import MailTokens, UnsubscribeService
 from bot.versions import consent_text_version
 from storage.db import Database
 from storage.models import campaigns as campaigns_table
@@ -80,10 +85,10 @@ def build_adapter(settings: Settings, campaign: CampaignSettings,
 class Gateway:
     def __init__(self, settings: Settings, *, worker_id: str | None = None,
                  adapters: Mapping[tuple[str, str], ChannelAdapter] | None = None,
-                 lease_seconds: float = 60.0) -> None:
+                 lease_seconds: float | None = None) -> None:
         self.settings = settings
         self.campaigns: dict[str, CampaignSettings] = {c.slug: c for c in settings.campaigns}
-        self.db = Database(settings.storage.url)
+        self.db = Database(settings.storage.url, pool_size=settings.storage.pool_size)
         self.metrics = Metrics()
         self.tokens = Tokens(settings.security.secret_key)
         self.ledger = Ledger(settings.security.secret_key, settings.policy.denied_sources)
@@ -96,26 +101,47 @@ class Gateway:
         self.gate = ConsentGate(self.ledger, self.rules,
                                 quiet_hours=settings.policy.quiet_hours,
                                 timezone=settings.policy.timezone)
-        self.composer = Composer(self.campaigns, settings.server.public_url, self.tokens)
+        self.mail_tokens = MailTokens(settings.security.secret_key, self.campaigns)
+        self.composer = Composer(self.campaigns, settings.server.public_url, self.tokens,
+                                 self.mail_tokens)
         if adapters is None:
             adapters = {(c.slug, ch): build_adapter(settings, c, ch)
                         for c in settings.campaigns for ch in c.channels()}
         self.adapters = dict(adapters)
+        # On PostgreSQL several processes share each sender: its budget lives in the database.
+        pacer_factory = None if self.db.is_sqlite else (
+            lambda a: SharedPacer(self.db, a.sender_key, a.rate_per_second))
         self.dispatcher = Dispatcher(self.db, self.gate, self.ledger, self.composer,
                                      self.adapters, self.metrics, worker_id=worker_id,
-                                     lease_seconds=lease_seconds)
+                                     lease_seconds=(settings.dispatch.lease_seconds
+                                                    if lease_seconds is None else lease_seconds),
+                                     pacer_factory=pacer_factory)
         self.inbound = InboundService(self.db, self.ledger, self.metrics, self.campaigns)
         self.messages = MessageService(self.db, self.gate, self.ledger)
         self.broadcasts = BroadcastService(self.db)
+        self._lock: IO[bytes] | None = None
+        self.unsubscribe = UnsubscribeService(self.db, self.ledger, self.metrics,
+                                              self.campaigns, self.tokens, self.mail_tokens)
+        #: inbound SMTP listeners ([campaigns.email.inbound]); `serve` starts them
+        self.mail_listeners = self.unsubscribe.listeners()
+        bots = telegram_bots(self.adapters)
+        self.links = LinkService(self.db, self.campaigns, settings.server.public_url, bots)
+        self.telegram = TelegramService(self.db, self.ledger, self.metrics, self.inbound,
+                                        self.links, self.campaigns, bots,
+                                        public_url=settings.server.public_url,
+                                        wake=self.dispatcher.wake)
 
     async def start(self) -> None:
         """Migrate, sync campaigns, recover from a previous crash."""
         from bot import outbox
 
+        if self.db.is_sqlite:
+            self._lock = self.db.claim_single_process()
         await self.db.migrate()
         await self.sync_campaigns()
         if self.db.is_sqlite:
-            # SQLite is one process: whatever a previous process left mid-flight is orphaned.
+            # SQLite is one process (the lock above): whatever a previous process left
+            # mid-flight is orphaned.
             async with self.db.write() as conn:
                 await outbox.reap_interrupted(conn, everything=True)
                 await outbox.release_leases(conn)
@@ -145,6 +171,9 @@ class Gateway:
                                        {"name": c.name, "consent_text_version": version})
 
     async def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
         for adapter in self.adapters.values():
             try:
                 await adapter.close()

@@ -9,6 +9,7 @@ is produced only after the transaction has committed.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -34,6 +35,10 @@ _log = structlog.get_logger("consentgate.inbound")
 
 #: Twilio error codes that mean the number cannot receive texts at all.
 _UNDELIVERABLE = {"30005", "30006", "21614"}
+
+
+#: A step run inside :meth:`InboundService.apply_text`'s transaction: (conn, intent, reply).
+AfterText = Callable[[AsyncConnection, str, str | None], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -71,13 +76,18 @@ class InboundService:
             dict(campaign=campaign, channel=channel, event_id=event_id, at=time.time())))
         return bool(result.rowcount)
 
-    async def apply_text(self, campaign: str, event: InboundEvent) -> InboundResult:
-        """A text from a person (SMS, or a Telegram private message): classify and apply."""
+    async def apply_text(self, campaign: str, event: InboundEvent, *,
+                         and_then: AfterText | None = None) -> InboundResult:
+        """A text from a person (SMS, or a Telegram private message): classify and apply.
+        ``and_then(conn, intent, reply)`` runs last in the same transaction (not for a
+        duplicate), e.g. to queue the reply through the outbox so it commits with the change."""
         settings = self.campaigns[campaign]
         try:
             address = normalise_address(event.channel, event.address, settings.default_region)
         except GatewayError:
             address = event.address  # a short code or sender id: keep it as it came
+        keyword: str | None
+        argument: str | None
         if event.kind == "opt_out":
             intent, keyword, argument, provider_replied = Intent.OPT_OUT, "STOP", None, True
         elif event.kind == "opt_in":
@@ -115,6 +125,13 @@ class InboundService:
                 reply = reply_texts(settings)[intent]
             elif intent is Intent.OPT_IN and event.channel == "sms":
                 link_id = await self._link_for_keyword(conn, settings, argument)
+                state = await self.ledger.state(conn, campaign, event.channel, address)
+                if link_id is None and state.status is Status.PENDING:
+                    # YES confirming a join page's double opt-in: the join counts on its link.
+                    link_id = await self.ledger.pending_link(conn, campaign, event.channel,
+                                                             address)
+                if state.status is Status.SUBSCRIBED and not state.suppressed:
+                    link_id = None  # already subscribed: nothing new to attribute
                 await self.ledger.record_consent(
                     conn, campaign, event.channel, address,
                     Evidence("keyword", f"sms keyword {keyword or ''}".strip()
@@ -129,6 +146,8 @@ class InboundService:
             elif intent is Intent.HELP:
                 reply = reply_texts(settings)[intent]
             await self.ledger.touch_contact(conn, campaign, event.channel, address)
+            if and_then is not None:
+                await and_then(conn, intent.value, reply)
         self.metrics.inbound.labels(event.channel, intent.value).inc()
         log.info("inbound.applied", flagged=intent is Intent.POSSIBLE_OPT_OUT)
         return InboundResult(False, intent.value, None if provider_replied else reply)

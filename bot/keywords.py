@@ -59,7 +59,7 @@ _OTHER = Classification(Intent.OTHER)
 # --------------------------------------------------------------------------------------------
 
 # Phones autocorrect ' to a curly quote ("don’t"); all of these mean the same apostrophe.
-_APOSTROPHES = str.maketrans(dict.fromkeys("\u2018\u2019\u02bc\u02b9\u0060\u00b4\u2032", "'"))
+_APOSTROPHES = str.maketrans(dict.fromkeys("\u2018\u2019\u02bc\u02b9\u0060\u00b4", "'"))
 
 
 def _without_invisibles(text: str) -> str:
@@ -87,9 +87,12 @@ def normalise(text: str) -> str:
     become straight ones, and invisible format characters are removed. Idempotent:
     ``normalise(normalise(t)) == normalise(t)``.
     """
-    visible = _without_invisibles(text)
-    folded = unicodedata.normalize("NFKC", visible).casefold()
-    collapsed = " ".join(folded.translate(_APOSTROPHES).split())
+    # Apostrophes are mapped on both sides of NFKC: before, because NFKC splits the acute
+    # accent in "don´t" into a space and a combining mark; after, because it turns the
+    # full-width grave accent into a plain one.
+    visible = _without_invisibles(text).translate(_APOSTROPHES)
+    folded = unicodedata.normalize("NFKC", visible).casefold().translate(_APOSTROPHES)
+    collapsed = " ".join(folded.split())
     return _strip_surroundings(collapsed)
 
 
@@ -97,7 +100,7 @@ def normalise(text: str) -> str:
 # Words, clauses and courtesy
 # --------------------------------------------------------------------------------------------
 
-Tokens = tuple[str, ...]
+_Tokens = tuple[str, ...]
 
 _WORD = re.compile(r"[^\W_]+")
 # Sentence punctuation, dashes and line breaks separate clauses: "Who is this? Stop." is a
@@ -105,19 +108,19 @@ _WORD = re.compile(r"[^\W_]+")
 _CLAUSE_BREAK = re.compile(r"[.,;:!?()\u2026\u2013\u2014]+|\s-+\s")
 
 
-def _words(text: str) -> Tokens:
+def _words(text: str) -> _Tokens:
     """Letters-and-digits words; apostrophes are dropped first so "don't" reads "dont" and
     hyphens split so "opt-out" reads "opt out"."""
     return tuple(_WORD.findall(text.replace("'", "")))
 
 
-def _clauses(text: str) -> list[Tokens]:
+def _clauses(text: str) -> list[_Tokens]:
     """The words of each clause that has any."""
     pieces = (p for line in text.splitlines() for p in _CLAUSE_BREAK.split(normalise(line)))
     return [words for words in map(_words, pieces) if words]
 
 
-def _phrases(*texts: str) -> frozenset[Tokens]:
+def _phrases(*texts: str) -> frozenset[_Tokens]:
     return frozenset(tuple(t.split()) for t in texts)
 
 
@@ -134,9 +137,9 @@ _COURTESY = _phrases(
 _LONGEST_COURTESY = max(len(p) for p in _COURTESY)
 
 
-def _without_courtesy(words: Tokens) -> Tokens:
-    """Peel courtesy phrases off both ends ("please stop, thank you" -> "stop"); the middle
-    is never touched, so "stop please stop the bill" keeps its meaning."""
+def _without_courtesy(words: _Tokens) -> _Tokens:
+    """Peel courtesy phrases off both ends ("please stop, thank you" -> "stop"). Only the
+    ends: inside a sentence the same word can carry meaning ("stop right there")."""
     changed = True
     while changed and words:
         changed = False
@@ -150,12 +153,12 @@ def _without_courtesy(words: Tokens) -> Tokens:
     return words
 
 
-def _without_repeats(words: Tokens) -> Tokens:
+def _without_repeats(words: _Tokens) -> _Tokens:
     """Repeating a word ("STOP STOP STOP") says it louder, not something else."""
     return tuple(w for i, w in enumerate(words) if i == 0 or w != words[i - 1])
 
 
-def _core(words: Tokens) -> Tokens:
+def _core(words: _Tokens) -> _Tokens:
     return _without_repeats(_without_courtesy(words))
 
 
@@ -174,13 +177,10 @@ _OPT_OUT_KEYWORDS = {
     ("optout",): "OPTOUT",
     ("opt", "out"): "OPT OUT",
 }
-# These mean nothing else even inside a longer message, so a clause of its own is enough
-# ("Who is this? STOP."); END, CANCEL, QUIT and REVOKE are ordinary words and are not.
-_UNAMBIGUOUS_OPT_OUTS = frozenset({"STOP", "UNSUBSCRIBE", "UNSUB", "OPTOUT", "OPT OUT"})
 
 
-def _keyword_table() -> dict[Tokens, Classification]:
-    table: dict[Tokens, Classification] = {}
+def _keyword_table() -> dict[_Tokens, Classification]:
+    table: dict[_Tokens, Classification] = {}
     for words, keyword in _OPT_OUT_KEYWORDS.items():
         table[words] = Classification(Intent.OPT_OUT, keyword)
         # "UNSUBSCRIBE ALL" asks for what STOP ALL does; widening an opt-out is always safe.
@@ -194,9 +194,16 @@ def _keyword_table() -> dict[Tokens, Classification]:
 
 
 _KEYWORDS = _keyword_table()
+# These mean nothing else even inside a longer message, so a clause of its own is enough
+# ("Who is this? STOP."); END, CANCEL, QUIT and REVOKE are ordinary words and are not.
+_CLAUSE_KEYWORDS = {
+    words: reading
+    for words, reading in _KEYWORDS.items()
+    if words[0] in {"stop", "stopall", "unsubscribe", "unsub", "optout", "opt"}
+}
 
 
-def _keyword(core: Tokens) -> Classification | None:
+def _keyword(core: _Tokens) -> Classification | None:
     """The whole message is a keyword, or JOIN plus one per-poster word ("JOIN HALL")."""
     if core in _KEYWORDS:
         return _KEYWORDS[core]
@@ -217,13 +224,15 @@ _MESSAGES = (
 _DETERMINERS = r"(?:(?:all|of|the|these|this|those|your|ur|my|any|more|such|them) )*"
 _TEXTING = r"(?:texting|txting|texing|messaging|msging|emailing|spamming|contacting|whatsapping)"
 _BOTHERING = (
-    r"(?:sending|calling|ringing|phoning|bothering|pestering|harassing|hassling|writing to"
-    r"|text|txt|message|msg|email|contact|call|spam)"
+    r"(?:sending|bothering|pestering|harassing|hassling|writing to"
+    r"|text|txt|message|msg|email|contact|spam)"
 )
 _CONTACT = (
-    r"(?:text|txt|message|msg|email|e mail|contact|call|ring|phone|bother|write to|whatsapp"
-    r"|spam|pester|harass)"
+    r"(?:text|txt|message|msg|email|e mail|contact|bother|write to|whatsapp|spam|pester|harass)"
 )
+# "Call me" is also "call me a liar", so a phone call is only meant when the clause ends there.
+_CALLING = r"(?:calling|ringing|phoning|call|ring|phone)"
+_UNTIL_END = r"(?: again| anymore| any more| ever again)?$"
 
 
 def _pattern(*alternatives: str) -> re.Pattern[str]:
@@ -236,11 +245,13 @@ _STOP_ALL_MESSAGES = _pattern(rf"stop ?all {_DETERMINERS}(?:\w+ )?{_MESSAGES}")
 # Requests in the affirmative: a negation just before them ("please don't remove me")
 # turns them around, so they are checked against :data:`_NEGATED`.
 _AFFIRMATIVE_REQUESTS = _pattern(
-    # "stop texting me", "quit messaging", "stop sending me these", "stop calling this number"
+    # "stop texting me", "quit messaging", "stop sending me these", "stop calling me"
     rf"(?:stop|quit|cease) {_TEXTING}",
     rf"(?:stop|quit|cease) {_BOTHERING} (?:{_ME}|these|those|them|this|my|any)",
-    # "stop these texts", "no more messages", "cancel my subscription", "end this spam"
-    rf"(?:stop|end|cancel|quit|no more|unsubscribe from|opt out of) {_DETERMINERS}"
+    rf"(?:stop|quit|cease) {_CALLING} {_ME}{_UNTIL_END}",
+    # "stop these texts", "no more messages", "cancel my subscription"; not "end": "the end
+    # of the messaging from the council" is news, not a request.
+    rf"(?:stop|cancel|quit|no more|unsubscribe from|opt out of) {_DETERMINERS}"
     rf"(?:\w+ )?{_MESSAGES}",
     # "remove me from your list", "take me off", "unsubscribe me", "delete my number"
     rf"(?:remove|delete|erase|unsubscribe|unsub|deregister|unregister) {_ME}",
@@ -259,7 +270,8 @@ _AFFIRMATIVE_REQUESTS = _pattern(
 # Requests that carry their own negation: "don't text me", "do not contact me again".
 _NEGATIVE_REQUESTS = _pattern(
     rf"(?:dont|do not|never|no longer) (?:ever )?{_CONTACT} (?:{_ME}|to me|anything)",
-    rf"^(?:dont|do not|never) (?:ever )?{_CONTACT}(?: again| anymore| any more)?$",
+    rf"^(?:dont|do not|never) (?:ever )?{_CONTACT}{_UNTIL_END}",
+    rf"(?:dont|do not|never) (?:ever )?{_CALLING} {_ME}{_UNTIL_END}",
     rf"(?:dont|do not|never) (?:ever )?send (?:me|us|this number) {_DETERMINERS}"
     rf"(?:anything|these|this|them|(?:\w+ )?{_MESSAGES})",
     rf"(?:dont|do not|no longer) want (?:to (?:receive|get) )?{_DETERMINERS}(?:\w+ )?{_MESSAGES}",
@@ -293,24 +305,25 @@ def _request(clause: str) -> Classification | None:
     return None
 
 
-def _clause_request(clauses: Iterable[Tokens]) -> Classification | None:
-    """The first clause that is a stand-alone STOP / STOP ALL, a dismissal or a plain
-    request. STOP ALL anywhere beats a plain STOP elsewhere."""
-    cores = [_core(clause) for clause in clauses]
-    found: list[Classification] = []
-    for core in cores:
-        keyword = _KEYWORDS.get(core)
-        if keyword and keyword.intent is Intent.OPT_OUT_ALL:
-            return keyword
-        if keyword and keyword.keyword in _UNAMBIGUOUS_OPT_OUTS:
-            found.append(keyword)
-        elif core in _DISMISSALS:
-            found.append(Classification(Intent.OPT_OUT, " ".join(core).upper()))
-        elif (request := _request(" ".join(core))) is not None:
-            if request.intent is Intent.OPT_OUT_ALL:
-                return request
-            found.append(request)
-    return found[0] if found else None
+def _clause_reading(core: _Tokens) -> Classification | None:
+    """One clause (courtesy aside) as a stand-alone STOP / STOP ALL, a dismissal or a plain
+    request not to be contacted; None if it is none of these."""
+    if core in _CLAUSE_KEYWORDS:
+        return _CLAUSE_KEYWORDS[core]
+    if core in _DISMISSALS:
+        return Classification(Intent.OPT_OUT, " ".join(core).upper())
+    return _request(" ".join(core))
+
+
+def _clause_request(clauses: Iterable[_Tokens]) -> Classification | None:
+    """The first clause that asks to opt out; STOP ALL in any clause beats STOP in another."""
+    first: Classification | None = None
+    for clause in clauses:
+        reading = _clause_reading(_core(clause))
+        if reading is not None and reading.intent is Intent.OPT_OUT_ALL:
+            return reading
+        first = first or reading
+    return first
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,7 +340,7 @@ _OPT_OUT_WORDS = frozenset(
 _OPT_OUT_PHRASES = _phrases("opt out", "opted out", "opting out", "not interested")
 
 
-def _opt_out_word(words: Tokens) -> str | None:
+def _opt_out_word(words: _Tokens) -> str | None:
     """The first opt-out word or phrase in the message, upper-case, or None."""
     for i, word in enumerate(words):
         if word in _OPT_OUT_WORDS:

@@ -81,7 +81,36 @@ class Ledger:
         if row.restricted and status is Status.SUBSCRIBED:
             # Restriction of processing: kept, but nothing is sent.
             status = Status.PENDING
-        return SubscriberState(status, suppressed)
+        objected = False
+        if status is Status.PENDING:
+            objected = ahash in await self.objected_pending(conn, campaign, channel, [ahash])
+        return SubscriberState(status, suppressed, objected)
+
+    async def objected_pending(self, conn: AsyncConnection, campaign: str, channel: str,
+                               hashes: Sequence[str]) -> set[str]:
+        """Of these address hashes, those whose last settled event (anything but a pending
+        double opt-in) is an opt-out: their objection stands until they confirm."""
+        rows = await conn.execute(
+            select(consent_events.c.address_hash, consent_events.c.event)
+            .where(consent_events.c.campaign == campaign, consent_events.c.channel == channel,
+                   consent_events.c.address_hash.in_(list(hashes)),
+                   consent_events.c.event != "pending")
+            .order_by(consent_events.c.at, consent_events.c.id))
+        last: dict[str, str] = {}
+        for r in rows:
+            last[r.address_hash] = r.event
+        return {h for h, event in last.items() if event == "opted_out"}
+
+    async def pending_link(self, conn: AsyncConnection, campaign: str, channel: str,
+                           address: str) -> str | None:
+        """The join link of the double opt-in this address has pending, if any."""
+        row = (await conn.execute(
+            select(consent_events.c.link_id)
+            .where(consent_events.c.campaign == campaign, consent_events.c.channel == channel,
+                   consent_events.c.address_hash == self.hash(channel, address),
+                   consent_events.c.event == "pending")
+            .order_by(consent_events.c.at.desc(), consent_events.c.id.desc()).limit(1))).first()
+        return row.link_id if row is not None else None
 
     async def record_consent(
         self,

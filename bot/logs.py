@@ -14,10 +14,21 @@ import structlog
 __all__ = ["configure_logging"]
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is at the moment of writing (it may be replaced after
+    start-up, e.g. by a test runner or a daemon wrapper)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "INFO", json: bool = True) -> None:
-    logging.basicConfig(format="%(message)s", stream=sys.stderr,
+    logging.basicConfig(format="%(message)s", stream=_Stderr(),
                         level=getattr(logging, level.upper(), logging.INFO))
-    for noisy in ("aiohttp.access", "twilio.http_client", "httpx", "telegram", "alembic"):
+    for noisy in ("aiohttp.access", "twilio", "httpx", "telegram", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer())
@@ -31,6 +42,6 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             getattr(logging, level.upper(), logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.models import broadcasts, messages
@@ -149,27 +149,31 @@ async def cancel_queued_for(conn: AsyncConnection, campaign: str | None, channel
 async def mark_sent(conn: AsyncConnection, sent: Iterable[tuple[int, str | None]]) -> None:
     """Record provider acceptance. A status callback may have got there first (it sets
     ``sent``/``delivered`` itself), so only rows still ``sending`` change."""
+    rows = [{"m_id": message_id, "m_provider_id": provider_id} for message_id, provider_id in sent]
+    if not rows:
+        return
     now = time.time()
-    for message_id, provider_id in sent:
-        await conn.execute(
-            update(messages)
-            .where(messages.c.id == message_id, messages.c.status == "sending")
-            .values(status="sent", provider_id=provider_id, sent_at=now, updated_at=now,
-                    lease_owner=None, lease_expires=None)
-        )
+    # One executemany for the whole batch: a statement per row costs more than the send.
+    await conn.execute(
+        update(messages)
+        .where(messages.c.id == bindparam("m_id"), messages.c.status == "sending")
+        .values(status="sent", provider_id=bindparam("m_provider_id"), sent_at=now,
+                updated_at=now, lease_owner=None, lease_expires=None),
+        rows,
+    )
 
 
-def backoff(attempts: int, retry_after: float | None = None) -> float:
+def backoff(attempts: int, retry_after: float | None = None, base: float = 1.0) -> float:
     """Seconds before the next try: the provider's word if it gave one, else exponential
-    with full jitter (1 s, 2 s, 4 s ... capped at 5 minutes)."""
+    with jitter (about 1 s, 2 s, 4 s ... capped at 5 minutes, times ``base``)."""
     if retry_after is not None and retry_after > 0:
         return retry_after + random.uniform(0, 0.25)
-    cap = min(300.0, float(2 ** max(0, attempts - 1)))
+    cap = min(300.0, float(2 ** max(0, attempts - 1))) * base
     return random.uniform(cap / 2, cap)
 
 
 async def mark_retry(conn: AsyncConnection, message_id: int, attempts: int, reason: str,
-                     retry_after: float | None) -> str:
+                     retry_after: float | None, base: float = 1.0) -> str:
     """Put a message back in the queue after a transient failure, or fail it for good once
     it has had :data:`MAX_ATTEMPTS`. Returns the new status."""
     now = time.time()
@@ -179,7 +183,7 @@ async def mark_retry(conn: AsyncConnection, message_id: int, attempts: int, reas
     await conn.execute(
         update(messages)
         .where(messages.c.id == message_id, messages.c.status == "sending")
-        .values(status="queued", not_before=now + backoff(attempts, retry_after),
+        .values(status="queued", not_before=now + backoff(attempts, retry_after, base),
                 last_error=reason, updated_at=now, lease_owner=None, lease_expires=None)
     )
     return "queued"

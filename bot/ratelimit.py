@@ -11,8 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Protocol
 
-__all__ = ["Pacer"]
+__all__ = ["Pacer", "SendBudget"]
+
+
+class SendBudget(Protocol):
+    """What the dispatcher needs of a sender's pacing: :class:`Pacer` in one process,
+    :class:`bot.pgpacer.SharedPacer` across the processes of one PostgreSQL database."""
+
+    async def take(self, wanted: int) -> int: ...
+
+    def give_back(self, n: int) -> None: ...
 
 
 class Pacer:

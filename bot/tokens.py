@@ -37,7 +37,7 @@ class Tokens:
         payload = [subject.campaign, subject.channel, subject.address_hash, subject.extra]
         return str(self._serializer(purpose).dumps(payload))
 
-    def read(self, purpose: str, token: str, max_age: float | None = None) -> TokenSubject:
+    def read(self, purpose: str, token: str, max_age: int | None = None) -> TokenSubject:
         try:
             payload = self._serializer(purpose).loads(token, max_age=max_age)
         except SignatureExpired as exc:

@@ -8,15 +8,20 @@ PostgreSQL: a pooled asyncpg engine; the outbox claims rows with ``FOR UPDATE SK
 
 from __future__ import annotations
 
+import fcntl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-__all__ = ["Database"]
+__all__ = ["Database", "DatabaseBusy"]
+
+
+class DatabaseBusy(Exception):
+    """The SQLite database is already served by another process."""
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x636F6E73  # pg_advisory_lock key: one migrating process at a time
@@ -70,6 +75,20 @@ class Database:
                         text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK}
                     )
                     await conn.commit()
+
+    def claim_single_process(self) -> IO[bytes]:
+        """SQLite serves one dispatching process: take an exclusive lock beside the database
+        file (held until the returned file is closed), or raise :class:`DatabaseBusy`."""
+        path = self.url.split("///", 1)[-1].split("?", 1)[0]
+        lock = open(f"{path}.lock", "ab")  # noqa: SIM115 - held for the process's life
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise DatabaseBusy(
+                f"another consentgate process is dispatching from {path}; "
+                "run several processes on PostgreSQL") from None
+        return lock
 
     async def ping(self) -> None:
         async with self.read() as conn:

@@ -169,6 +169,7 @@ messages = Table(
     Column("created_by", String(200), nullable=True),
     Column("created_at", Float, nullable=False),
     Column("not_before", Float, nullable=False),
+    Column("dispatched_at", Float, nullable=True),  # when the gate last admitted it
     Column("sent_at", Float, nullable=True),
     Column("updated_at", Float, nullable=True),
     Column("lease_owner", String(64), nullable=True),

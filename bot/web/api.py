@@ -168,7 +168,8 @@ async def get_audit(request: web.Request) -> web.Response:
     q = request.query
     after = q.get("after", "0")
     limit = q.get("limit", "1000")
-    if not after.isdigit() or not limit.isdigit() or not 1 <= int(limit) <= 10000:
+    if (not after.isdigit() or len(after) > 18 or not limit.isdigit()
+            or not 1 <= int(limit) <= 10000):
         raise InvalidInput("invalid_query", "after must be a number, limit 1-10000")
     stmt = (select(audit_events).where(audit_events.c.campaign == op.campaign.slug,
                                        audit_events.c.seq > int(after))
@@ -177,6 +178,8 @@ async def get_audit(request: web.Request) -> web.Response:
         stmt = stmt.where(audit_events.c.action == q["action"])
     if q.get("actor"):
         stmt = stmt.where(audit_events.c.actor == q["actor"])
+    if q.get("subject"):  # e.g. sms#<hash>: everything done about one person
+        stmt = stmt.where(audit_events.c.subject == q["subject"])
     async with gw.db.read() as conn:
         rows = (await conn.execute(stmt)).all()
     return _json([{"seq": r.seq, "at": iso(r.at), "actor": r.actor, "action": r.action,

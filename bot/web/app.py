@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import structlog
 from aiohttp import web
 
 from bot.errors import GatewayError
 from bot.gateway import Gateway
-from bot.web import api, pages, webhooks
-from bot.web.common import GATEWAY
+from bot.web import api, join_pages, links_api, pages, privacy_api, webhooks
+from bot.web.common import GATEWAY, OPERATORS, operator_table
 from bot.web.problems import problem
 
 __all__ = ["GATEWAY", "create_app"]
@@ -43,6 +44,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
             return problem(exc.status, code, exc.reason)
         raise
+    except UnicodeDecodeError:  # a form or query that is not UTF-8 (request.post() raises)
+        return problem(400, "invalid_body", "the request is not valid UTF-8")
     except Exception:
         # Never a half-applied change: the transaction rolled back. 503 so that providers
         # retry their webhook and callers may try again.
@@ -52,11 +55,24 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                        "please retry")
 
 
+_OPENAPI = Path(__file__).with_name("openapi.json")
+
+
+async def openapi_document(_request: web.Request) -> web.Response:
+    """The API's OpenAPI 3.1 document (the same as docs/openapi.yaml); no token needed."""
+    return web.Response(body=_OPENAPI.read_bytes(), content_type="application/json")
+
+
 def create_app(gateway: Gateway) -> web.Application:
     app = web.Application(middlewares=[_errors],
                           client_max_size=gateway.settings.server.max_import_bytes)
     app[GATEWAY] = gateway
+    app[OPERATORS] = operator_table(gateway)
+    app.router.add_get("/api/v1/openapi.json", openapi_document)
     api.add_routes(app)
     webhooks.add_routes(app)
+    links_api.add_routes(app)
+    privacy_api.add_routes(app)
     pages.add_routes(app)
+    join_pages.add_routes(app)
     return app

@@ -15,10 +15,18 @@ from bot.config import CampaignSettings
 from bot.errors import Forbidden, GatewayError, InvalidInput, PayloadTooLarge, Unauthorized
 from bot.gateway import Gateway
 
-__all__ = ["GATEWAY", "Operator", "channel_of", "gateway", "operator", "read_json"]
+__all__ = ["GATEWAY", "OPERATORS", "Operator", "channel_of", "gateway", "operator",
+           "operator_table", "read_json"]
 
 GATEWAY = web.AppKey("gateway", Gateway)
-_OPERATORS = web.AppKey("operators", dict)
+OPERATORS: web.AppKey[dict[bytes, Operator]] = web.AppKey("operators", dict)
+
+
+def operator_table(gw: Gateway) -> dict[bytes, Operator]:
+    """Operators by the SHA-256 of their token (tokens are compared as digests, in constant
+    time, and never kept in a lookup structure as they are)."""
+    return {_digest(op.token): Operator(op.name, op.role, c)
+            for c in gw.settings.campaigns for op in c.operators}
 
 
 @dataclass(frozen=True)
@@ -43,14 +51,7 @@ def _digest(token: str) -> bytes:
 def operator(request: web.Request, *, change: bool | None = None) -> Operator:
     """The operator behind the bearer token. ``change`` (default: any method but GET/HEAD)
     requires a role that may change things: an auditor reads, never writes."""
-    app = request.app
-    table: dict[bytes, Operator] | None = app.get(_OPERATORS)
-    if table is None:
-        table = {}
-        for c in app[GATEWAY].settings.campaigns:
-            for op in c.operators:
-                table[_digest(op.token)] = Operator(op.name, op.role, c)
-        app[_OPERATORS] = table
+    table = request.app[OPERATORS]
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

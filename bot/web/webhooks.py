@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from adapters.telegram import secret_token_is_valid
 from adapters.twilio_sms import (
     parse_inbound_sms,
     parse_status_callback,
@@ -14,7 +15,7 @@ from adapters.twilio_sms import (
 )
 from bot.config import CampaignSettings
 from bot.errors import Forbidden, InvalidInput, NotFound
-from bot.web.common import gateway
+from bot.web.common import gateway, read_json
 
 __all__ = ["add_routes"]
 
@@ -69,6 +70,22 @@ async def twilio_status(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def telegram_update(request: web.Request) -> web.Response:
+    gw = gateway(request)
+    campaign = gw.campaigns.get(request.match_info["campaign"])
+    if campaign is None:
+        raise NotFound("unknown_campaign", "no such campaign")
+    if campaign.telegram is None or campaign.telegram.provider != "telegram":
+        raise NotFound("channel_disabled", "this campaign has no Telegram bot")
+    if not secret_token_is_valid(campaign.telegram.webhook_secret or "",
+                                 request.headers.get("X-Telegram-Bot-Api-Secret-Token")):
+        raise Forbidden("invalid_secret_token", "X-Telegram-Bot-Api-Secret-Token does not match")
+    update = await read_json(request)
+    await gw.telegram.handle_update(campaign.slug, update)
+    return web.Response(status=200)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/webhooks/twilio/{campaign}/sms", twilio_sms)
     app.router.add_post("/webhooks/twilio/{campaign}/status", twilio_status)
+    app.router.add_post("/webhooks/telegram/{campaign}", telegram_update)

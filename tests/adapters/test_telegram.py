@@ -21,6 +21,7 @@ from adapters.base import (
     ChannelAdapter,
     InboundEvent,
     OutboundMessage,
+    OutcomeUnknown,
     PermanentSendError,
     Permit,
     PermitError,
@@ -249,15 +250,16 @@ async def test_a_refused_connection_is_retryable_and_keeps_the_token_out() -> No
     assert token not in str(retry.value)
 
 
-async def test_a_slow_answer_times_out_as_retryable(fake: FakeTelegram) -> None:
+async def test_a_slow_answer_is_an_unknown_outcome_never_retried(fake: FakeTelegram) -> None:
+    # The request reached Telegram and may have been delivered: a retry could duplicate it.
     fake.latency = 1.0
     tg = channel_for(fake, request_timeout=0.2)
     try:
-        with pytest.raises(RetryableSendError) as retry:
+        with pytest.raises(OutcomeUnknown) as unknown:
             await send(tg)
     finally:
         await tg.close()
-    assert retry.value.reason == "network"
+    assert unknown.value.reason == "timeout"
 
 
 async def test_chat_not_found_is_permanent(fake: FakeTelegram, tg: TelegramChannel) -> None:

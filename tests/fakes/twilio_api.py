@@ -95,6 +95,8 @@ class SentSms:
     messaging_service_sid: str | None
     #: ``time.monotonic()`` when the request arrived (before any simulated latency)
     received_at: float
+    #: the account whose credentials sent it
+    account_sid: str = DEFAULT_ACCOUNT_SID
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,8 @@ class FakeTwilio:
     unsubscribed: set[str] = field(default_factory=set)
     #: numbers Twilio does not accept: sends to them get 400, code 21211
     invalid: set[str] = field(default_factory=set)
+    #: further accounts served beside ``account_sid``: {account sid: auth token}
+    credentials: dict[str, str] = field(default_factory=dict)
 
     messages: list[SentSms] = field(default_factory=list, init=False)
     requests: list[ApiRequest] = field(default_factory=list, init=False)
@@ -226,10 +230,11 @@ class FakeTwilio:
                        if failure.retry_after is not None else None)
             return _error(failure.status, failure.code or 20000 + failure.status,
                           headers=headers), None
-        if not self._authorized(request.headers.get("Authorization")):
+        login = self._authorized(request.headers.get("Authorization"))
+        if login is None:
             return _error(401, 20003,
                           headers={"WWW-Authenticate": 'Basic realm="Twilio API"'}), None
-        if request.match_info["account_sid"] != self.account_sid:
+        if request.match_info["account_sid"] != login:
             return _error(404, 20404), None
         to = form.get("To", "")
         if not to:
@@ -246,7 +251,8 @@ class FakeTwilio:
             return _error(400, 21610), None
         sms = SentSms(sid=new_sid(), to=to, from_=from_, body=form["Body"],
                       status_callback=form.get("StatusCallback") or None,
-                      messaging_service_sid=service, received_at=received_at)
+                      messaging_service_sid=service, received_at=received_at,
+                      account_sid=login)
         return web.json_response(self._message_json(sms), status=201), sms
 
     async def _not_found(self, request: web.Request) -> web.Response:
@@ -256,19 +262,23 @@ class FakeTwilio:
         self._record(request, form, response.status, received_at)
         return response
 
-    def _authorized(self, header: str | None) -> bool:
+    def _authorized(self, header: str | None) -> str | None:
+        """The account sid whose credentials ``header`` carries, or None."""
         if not header:
-            return False
+            return None
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() != "basic":
-            return False
+            return None
         try:
             login, _, password = base64.b64decode(encoded, validate=True).decode(
                 "latin-1").partition(":")
         except ValueError:  # binascii.Error is one
-            return False
-        return (secrets.compare_digest(login, self.account_sid)
-                and secrets.compare_digest(password, self.auth_token))
+            return None
+        accounts = {self.account_sid: self.auth_token, **self.credentials}
+        expected = accounts.get(login)
+        if expected is None or not secrets.compare_digest(password, expected):
+            return None
+        return login
 
     def _record(
         self, request: web.Request, form: dict[str, str], status: int, received_at: float

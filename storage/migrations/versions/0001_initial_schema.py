@@ -2,11 +2,12 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 08:43:10.121075
+Create Date: 2026-11-23 08:43:44.897151
 """
 
-import sqlalchemy as sa
 from alembic import op
+import sqlalchemy as sa
+
 
 revision = '0001'
 down_revision = None
@@ -143,6 +144,7 @@ def upgrade() -> None:
     sa.Column('created_by', sa.String(length=200), nullable=True),
     sa.Column('created_at', sa.Float(), nullable=False),
     sa.Column('not_before', sa.Float(), nullable=False),
+    sa.Column('dispatched_at', sa.Float(), nullable=True),
     sa.Column('sent_at', sa.Float(), nullable=True),
     sa.Column('updated_at', sa.Float(), nullable=True),
     sa.Column('lease_owner', sa.String(length=64), nullable=True),

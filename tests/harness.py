@@ -1,0 +1,196 @@
+"""A whole gateway on loopback for tests and benchmarks: the real HTTP server on a real
+port, the real dispatcher, a real SQLite file (or PostgreSQL), and the Twilio fake.
+
+Webhooks are signed for ``PUBLIC_URL`` (as if behind a proxy) and sent to the local port,
+which is exactly what the signature check must cope with in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bot.config import Settings, parse_config
+from bot.gateway import Gateway
+from bot.web.app import create_app
+from tests.fakes.telegram_api import FakeTelegram
+from tests.fakes.twilio_api import FakeTwilio
+from tests.fakes.twilio_webhooks import inbound_sms_form, post_signed
+
+PUBLIC_URL = "https://gateway.example.org"
+SECRET = "test-secret-key-0123456789-abcdefghijkl"
+JANE = "jane-2026"
+BOB = "bob-2026"
+JANE_TOKEN = "jane-organiser-token-0001"
+JANE_AUDITOR = "jane-auditor-token-0002"
+BOB_TOKEN = "bob-organiser-token-0003"
+JANE_SID = "AC" + "1" * 32
+BOB_SID = "AC" + "2" * 32
+JANE_AUTH = "jane-twilio-auth-token"
+BOB_AUTH = "bob-twilio-auth-token"
+JANE_NUMBER = "+447400123456"
+TELEGRAM_SECRET = "jane-telegram-webhook-secret_0123"
+JANE_GROUP = -1001234567890
+BOB_NUMBER = "+447400654321"
+
+
+def settings_for(db_url: str, twilio_url: str, *, rate: float = 200.0,
+                 extra_policy: str = "", jane_extra: str = "",
+                 telegram: FakeTelegram | None = None, telegram_extra: str = "",
+                 jane_email: str = 'provider = "log"') -> Settings:
+    """``jane_email``: the body of Jane's ``[campaigns.email]`` (an SMTP sink, an inbound
+    listener ...); the log provider unless told."""
+    telegram_section = "" if telegram is None else f"""
+[campaigns.telegram]
+provider = "telegram"
+bot_token = "{telegram.token}"
+api_base_url = "{telegram.base_url}"
+webhook_secret = "{TELEGRAM_SECRET}"
+own_chats = [{JANE_GROUP}]
+bot_username = "jane_campaign_bot"
+{telegram_extra}
+"""
+    text = f"""
+[server]
+host = "127.0.0.1"
+port = 8080
+public_url = "{PUBLIC_URL}"
+
+[storage]
+url = "{db_url}"
+
+[security]
+secret_key = "{SECRET}"
+
+[policy]
+denied_sources = ["union mailing list", "society group chat"]
+{extra_policy}
+
+[[campaigns]]
+slug = "{JANE}"
+name = "Jane Doe for President"
+imprint = "Promoted by Jane Doe, 1 Example Road, London"
+consent_text = "Yes, send me updates about Jane's campaign. Reply STOP at any time."
+operators = [
+  {{ name = "Jane Doe", token = "{JANE_TOKEN}", role = "organiser" }},
+  {{ name = "Returning Officer", token = "{JANE_AUDITOR}", role = "auditor" }},
+]
+{jane_extra}
+
+[campaigns.sms]
+provider = "twilio"
+account_sid = "{JANE_SID}"
+auth_token = "{JANE_AUTH}"
+from_number = "{JANE_NUMBER}"
+api_base_url = "{twilio_url}"
+rate_per_second = {rate}
+
+[campaigns.email]
+{jane_email}
+{telegram_section}
+[[campaigns]]
+slug = "{BOB}"
+name = "Bob Roe for Treasurer"
+imprint = "Promoted by Bob Roe, 2 Example Road, Leeds"
+consent_text = "Yes, send me Bob's campaign news."
+operators = [ {{ name = "Bob Roe", token = "{BOB_TOKEN}", role = "organiser" }} ]
+
+[campaigns.sms]
+provider = "twilio"
+account_sid = "{BOB_SID}"
+auth_token = "{BOB_AUTH}"
+from_number = "{BOB_NUMBER}"
+api_base_url = "{twilio_url}"
+rate_per_second = {rate}
+"""
+    return parse_config(text, environ={})
+
+
+@dataclass
+class Harness:
+    gateway: Gateway
+    url: str
+    twilio: FakeTwilio
+    session: aiohttp.ClientSession
+    runs: list[asyncio.Task[None]] = field(default_factory=list)
+    telegram: FakeTelegram | None = None
+
+    @property
+    def db(self) -> Any:
+        return self.gateway.db
+
+    async def api(self, method: str, path: str, body: Any = None, *,
+                  token: str | None = JANE_TOKEN, headers: dict[str, str] | None = None,
+                  raw: bytes | str | None = None) -> tuple[int, Any]:
+        h = dict(headers or {})
+        if token is not None:
+            h["Authorization"] = f"Bearer {token}"
+        data: Any = raw
+        if body is not None:
+            data = json.dumps(body)
+            h.setdefault("Content-Type", "application/json")
+        async with self.session.request(method, self.url + path, data=data, headers=h) as r:
+            text = await r.text()
+            try:
+                return r.status, json.loads(text)
+            except ValueError:
+                return r.status, text
+
+    async def subscribe(self, address: str, channel: str = "sms", token: str = JANE_TOKEN,
+                        source: str = "street stall") -> None:
+        status, body = await self.api("POST", "/api/v1/consents", {
+            "channel": channel, "address": address, "method": "paper_form",
+            "source": source, "evidence": "signed form"}, token=token)
+        assert status == 201, body
+
+    async def sms_in(self, from_: str, body: str, *, campaign: str = JANE,
+                     auth_token: str = JANE_AUTH, to: str = JANE_NUMBER,
+                     sid: str | None = None, opt_out_type: str | None = None,
+                     account_sid: str = JANE_SID) -> tuple[int, str]:
+        form = inbound_sms_form(from_, to, body, sid, opt_out_type, account_sid=account_sid)
+        path = f"/webhooks/twilio/{campaign}/sms"
+        async with await post_signed(self.session, self.url + path, form, auth_token,
+                                     signature_url=PUBLIC_URL + path) as r:
+            return r.status, await r.text()
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(db_url: str, *, rate: float = 200.0, twilio_latency: float = 0.0,
+                          dispatch: bool = True, telegram: FakeTelegram | None = None,
+                          **kwargs: Any) -> AsyncIterator[Harness]:
+    async with FakeTwilio(account_sid=JANE_SID, auth_token=JANE_AUTH,
+                          credentials={BOB_SID: BOB_AUTH}) as twilio:
+        twilio.latency = twilio_latency
+        settings = settings_for(db_url, twilio.base_url, rate=rate, telegram=telegram,
+                                **kwargs)
+        gateway = Gateway(settings, lease_seconds=30.0)
+        await gateway.start()
+        if gateway.mail_listeners is not None:
+            await gateway.mail_listeners.start()
+        runner = web.AppRunner(create_app(gateway), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        session = aiohttp.ClientSession()
+        h = Harness(gateway, f"http://127.0.0.1:{port}", twilio, session, telegram=telegram)
+        if dispatch:
+            h.runs.append(asyncio.create_task(gateway.dispatcher.run()))
+        try:
+            yield h
+        finally:
+            gateway.dispatcher.stop()
+            for t in h.runs:
+                await t
+            await session.close()
+            if gateway.mail_listeners is not None:
+                await gateway.mail_listeners.stop()
+            await runner.cleanup()
+            await gateway.close()

@@ -1,0 +1,75 @@
+"""The join page in a real browser (Playwright driving the system's Chromium) at phone width:
+a person fills the form with the keyboard, submits, and the page says to check their phone.
+Saves the screenshot the README shows (docs/join-page.png).
+
+Skipped where Playwright or Chromium is not installed (``.ci/run`` installs both).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.harness import PUBLIC_URL, running_gateway
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOT = ROOT / "docs" / "join-page.png"
+NUMBER = "+447911123456"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("no Chromium on this machine (apt-get install chromium)")
+
+
+async def test_a_person_joins_by_text_from_a_phone_sized_browser(sqlite_url: str) -> None:
+    playwright_api = pytest.importorskip("playwright.async_api")
+    executable = _chromium()
+    async with running_gateway(sqlite_url) as gw:
+        code, link = await gw.api("POST", "/api/v1/links",
+                                  {"channel": "sms", "name": "Town hall poster"})
+        assert code == 201, link
+        url = link["url"].replace(PUBLIC_URL, gw.url)
+        async with playwright_api.async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=executable, headless=True,
+                                              args=CHROMIUM_ARGS)
+            try:
+                context = await browser.new_context(
+                    viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                    is_mobile=True, has_touch=True, java_script_enabled=False)
+                page = await context.new_page()
+                response = await page.goto(url)
+                assert response is not None and response.status == 200
+                box = page.get_by_label("Yes, send me updates about Jane's campaign")
+                assert not await box.is_checked()
+                # Laid out for the phone: the button fits inside its width.
+                button = page.get_by_role("button", name="Sign me up")
+                bounds = await button.bounding_box()
+                assert bounds is not None and bounds["x"] + bounds["width"] <= 390
+                SCREENSHOT.parent.mkdir(exist_ok=True)
+                await page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+                # Keyboard only: into the number, tab to the box, space, enter.
+                await page.get_by_label("Mobile number").fill("07911 123456")
+                await box.focus()
+                await page.keyboard.press("Space")
+                assert await box.is_checked()
+                async with page.expect_navigation():
+                    await button.press("Enter")
+                heading = page.get_by_role("heading", level=1)
+                assert await heading.inner_text() == "Check your phone"
+            finally:
+                await browser.close()
+        code, body = await gw.api("GET", f"/api/v1/subscribers/sms/{NUMBER}")
+        assert code == 200 and body["status"] == "pending" and body["can_send"] is False
+        [sms] = await gw.twilio.wait_for(1)
+        assert sms.to == NUMBER and "reply YES" in sms.body
+    assert SCREENSHOT.read_bytes().startswith(b"\x89PNG")

@@ -1,0 +1,6 @@
+from tests.harness import Harness
+
+
+async def test_health(gw: Harness) -> None:
+    status, body = await gw.api("GET", "/healthz", token=None)
+    assert (status, body) == (200, {"status": "ok"})
