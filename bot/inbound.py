@@ -145,7 +145,9 @@ class InboundService:
                 reply = reply_texts(settings)[intent]
             elif intent is Intent.HELP:
                 reply = reply_texts(settings)[intent]
-            await self.ledger.touch_contact(conn, campaign, event.channel, address)
+            if intent not in (Intent.OPT_OUT, Intent.OPT_OUT_ALL, Intent.OPT_IN):
+                # (an opt-out or opt-in already recorded the contact with its status)
+                await self.ledger.touch_contact(conn, campaign, event.channel, address)
             if and_then is not None:
                 await and_then(conn, intent.value, reply)
         self.metrics.inbound.labels(event.channel, intent.value).inc()
