@@ -97,16 +97,20 @@ _addresses = st.sampled_from(["unsubscribe+tok@mail.example.org", "bounce+tok@ma
 
 def _built_mail(headers: dict[str, str], body: str, subtype: str) -> bytes:
     msg = EmailMessage()
+    raw: list[str] = []
     for name, value in headers.items():
         try:
             msg[name] = value
-        except (ValueError, TypeError):
-            continue  # the email package refuses to build it; a sender might not
+        except Exception:  # the email package will not build it (some values even crash
+            # its header parser): a sender's software might, so write it raw instead
+            raw.append(f"{name}: {value}")
     try:
         msg.set_content(body, subtype=subtype)
-        return msg.as_bytes()
+        data = msg.as_bytes()
     except (ValueError, TypeError, LookupError, UnicodeError):
-        return body.encode("utf-8", "surrogatepass")
+        data = body.encode("utf-8", "surrogatepass")
+    lines = "".join(f"{line}\r\n" for line in raw if "\n" not in line and "\r" not in line)
+    return lines.encode("utf-8", "surrogatepass") + data
 
 
 _mail_headers = st.dictionaries(
