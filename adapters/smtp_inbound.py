@@ -75,7 +75,7 @@ def parse_inbound_mail(
     <rcpt>``), so that applying events once per id never drops one of them.
     """
     msg = BytesParser(policy=email.policy.default).parsebytes(data)
-    message_id = str(msg.get("Message-ID", "")).strip()
+    message_id = _header(msg, "Message-ID").strip()
     if not message_id:
         message_id = "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -110,8 +110,17 @@ def parse_inbound_mail(
     return events
 
 
+def _header(msg: email.message.Message, name: str) -> str:
+    """A header's value as text, or its raw text when the email package cannot parse it
+    (some malformed address headers make its parser raise IndexError)."""
+    try:
+        return str(msg.get(name, ""))
+    except Exception:
+        return next((str(v) for k, v in msg.raw_items() if k.lower() == name.lower()), "")
+
+
 def _sender_address(msg: email.message.Message, mail_from: str) -> str:
-    _, addr = email.utils.parseaddr(str(msg.get("From", "")))
+    _, addr = email.utils.parseaddr(_header(msg, "From"))
     if "@" not in addr:
         addr = mail_from.strip("<>")
     return addr.lower()
@@ -120,12 +129,12 @@ def _sender_address(msg: email.message.Message, mail_from: str) -> str:
 def _message_extra(msg: email.message.Message, mail_from: str) -> dict[str, str]:
     # Lets the caller recognise automatic mail (RFC 3834), which must never be answered.
     extra: dict[str, str] = {}
-    auto = str(msg.get("Auto-Submitted", "")).strip().lower()
+    auto = _header(msg, "Auto-Submitted").strip().lower()
     if auto and auto != "no":
         extra["auto_submitted"] = auto
     elif not mail_from.strip("<>"):
         extra["auto_submitted"] = "null-sender"
-    subject = str(msg.get("Subject", "")).strip()
+    subject = _header(msg, "Subject").strip()
     if subject:
         extra["subject"] = subject[:200]
     return extra
@@ -189,7 +198,7 @@ def _first_line(msg: email.message.EmailMessage) -> str:
         if _QUOTE_START.match(line):
             break
         return line
-    return str(msg.get("Subject", "")).strip()
+    return _header(msg, "Subject").strip()
 
 
 def _body_text(msg: email.message.EmailMessage) -> str:
