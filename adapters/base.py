@@ -18,6 +18,7 @@ from typing import Literal, Protocol
 
 __all__ = [
     "CHANNELS",
+    "mask",
     "ChannelAdapter",
     "InboundEvent",
     "OutboundMessage",
@@ -40,6 +41,16 @@ CHANNELS: tuple[str, ...] = ("sms", "email", "telegram")
 PERMIT_TTL_SECONDS = 30.0
 
 _SEAL_KEY = secrets.token_bytes(32)
+
+
+def mask(address: str) -> str:
+    """An address as logs may show it: enough to tell two apart, not enough to contact."""
+    if "@" in address:
+        local, _, domain = address.partition("@")
+        return f"{local[:1]}***@{domain}"
+    if len(address) <= 4:
+        return "***"
+    return f"{address[:3]}***{address[-2:]}"
 
 
 @dataclass(frozen=True)

@@ -11,19 +11,12 @@ import itertools
 
 import structlog
 
-from adapters.base import OutboundMessage, Permit, SendResult
+from adapters.base import OutboundMessage, Permit, SendResult, mask
 
 __all__ = ["LogChannel"]
 
 _log = structlog.get_logger("consentgate.provider.log")
 _counter = itertools.count(1)
-
-
-def _mask(address: str) -> str:
-    if "@" in address:
-        local, _, domain = address.partition("@")
-        return f"{local[:1]}***@{domain}"
-    return f"{address[:3]}***{address[-2:]}" if len(address) > 4 else "***"
 
 
 class LogChannel:
@@ -39,7 +32,7 @@ class LogChannel:
         provider_id = f"log-{next(_counter)}"
         self.sent.append(message)
         _log.info("provider.log.would_send", provider_id=provider_id, kind=message.kind,
-                  to=_mask(message.address), chars=len(message.text),
+                  to=mask(message.address), chars=len(message.text),
                   digest=hashlib.sha256(message.text.encode()).hexdigest()[:12])
         return SendResult(provider_id=provider_id)
 

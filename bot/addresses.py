@@ -15,6 +15,7 @@ import re
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
+from adapters.base import mask
 from bot.errors import InvalidInput
 
 __all__ = ["address_hash", "mask", "normalise_address"]
@@ -56,13 +57,3 @@ def address_hash(secret_key: str, channel: str, address: str) -> str:
     """HMAC of the canonical address: stable per gateway, useless without the secret."""
     msg = f"{channel}:{address}".encode()
     return hmac.new(secret_key.encode(), msg, hashlib.sha256).hexdigest()
-
-
-def mask(address: str) -> str:
-    """An address as logs may show it: enough to tell two apart, not enough to contact."""
-    if "@" in address:
-        local, _, domain = address.partition("@")
-        return f"{local[:1]}***@{domain}"
-    if len(address) <= 4:
-        return "***"
-    return f"{address[:3]}***{address[-2:]}"

@@ -13,6 +13,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "Unauthorized",
+    "problem_body",
 ]
 
 
@@ -24,6 +25,15 @@ class GatewayError(Exception):
         super().__init__(detail)
         self.code = code
         self.detail = detail
+
+    def problem(self) -> dict[str, object]:
+        """The RFC 9457 body for this error (also stored for Idempotency-Key replays)."""
+        return problem_body(self.status, self.code, self.detail, self.title)
+
+
+def problem_body(status: int, code: str, detail: str, title: str) -> dict[str, object]:
+    return {"type": f"urn:consentgate:problem:{code}", "title": title, "status": status,
+            "detail": detail, "code": code}
 
 
 class InvalidInput(GatewayError):

@@ -107,8 +107,7 @@ class MessageService:
                 assert decision.reason is not None
                 err = Forbidden(decision.reason.value,
                                 f"the consent gate refuses this message: {decision.reason.value}")
-                answer = Answer(403, {"type": "about:blank", "title": err.title,
-                                      "status": 403, "detail": err.detail, "code": err.code})
+                answer = Answer(403, err.problem())
             if key is not None:
                 await conn.execute(idempotency_keys.insert().values(
                     campaign=settings.slug, key=key, request_hash=request_hash,

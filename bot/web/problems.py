@@ -7,6 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.errors import problem_body
+
 __all__ = ["problem"]
 
 _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
@@ -17,9 +19,8 @@ _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not 
 
 def problem(status: int, code: str, detail: str, title: str | None = None,
             **extra: Any) -> web.Response:
-    body = {"type": f"urn:consentgate:problem:{code}",
-            "title": title or _TITLES.get(status, "Error"), "status": status,
-            "detail": detail, "code": code, **extra}
+    body = {**problem_body(status, code, detail, title or _TITLES.get(status, "Error")),
+            **extra}
     headers = {"WWW-Authenticate": 'Bearer realm="consentgate"'} if status == 401 else None
     return web.Response(status=status, text=json.dumps(body),
                         content_type="application/problem+json", headers=headers)
