@@ -64,6 +64,17 @@ def test_tokens_round_trip_and_refuse_tampering() -> None:
         Tokens("t" * 40).read("unsubscribe", token)  # another gateway's secret
 
 
+def test_a_token_verifies_only_as_issued_not_in_another_spelling_of_its_signature() -> None:
+    """The last base64 character of a signature has two bits the decoder ignores."""
+    tokens = Tokens("s" * 40)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    for n in range(20):
+        token = tokens.make("unsubscribe", TokenSubject("jane-2026", "email", f"{n:064x}"))
+        for other in alphabet.replace(token[-1], ""):
+            with pytest.raises(TokenError):
+                tokens.read("unsubscribe", token[:-1] + other)
+
+
 def _chain(n: int) -> list[AuditRecord]:
     out, prev = [], GENESIS
     for seq in range(1, n + 1):
