@@ -198,6 +198,14 @@ class ChannelAdapter(Protocol):
     sender_key: str
     rate_per_second: float
 
+    @property
+    def max_concurrency(self) -> int | None:
+        """How many sends this adapter can have on the wire at once (its connection pool),
+        or None when there is no such limit. The dispatcher never hands it more: a send
+        beyond the pool would wait for a connection holding its permit, and a permit must
+        not wait in a queue."""
+        ...
+
     async def send(self, message: OutboundMessage, permit: Permit) -> SendResult:
         """Check ``permit`` against ``message`` (raising :class:`PermitError`), then make
         exactly one provider call. Raise a :class:`SendError` subclass when it is not taken."""

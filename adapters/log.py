@@ -20,6 +20,9 @@ _counter = itertools.count(1)
 
 
 class LogChannel:
+    #: Writing a log line holds no connection: no cap on concurrent sends.
+    max_concurrency: int | None = None
+
     def __init__(self, channel: str, *, rate_per_second: float = 100.0,
                  sender: str = "log") -> None:
         self.channel = channel

@@ -252,20 +252,31 @@ class SmtpEmail:
         self._generation = 0
         self._generation_of: dict[aiosmtplib.SMTP, int] = {}
 
+    @property
+    def max_concurrency(self) -> int:
+        """One send per connection: the dispatcher hands this adapter no more than
+        ``max_connections`` messages at once, so a send never waits for a connection."""
+        return self.max_connections
+
     async def send(self, message: OutboundMessage, permit: Permit) -> SendResult:
-        """Check ``permit``, then deliver ``message`` to ``message.address`` in one SMTP
-        transaction. Returns the Message-ID as ``provider_id``."""
-        permit.check(message)
-        try:
-            msg = build_message(message, self.from_address,
-                                message_id_domain=self._msgid_domain)
-            content = msg.as_bytes()
-        except ValueError as exc:
-            raise PermanentSendError("invalid_message", str(exc)) from exc
-        if self._dkim is not None:
-            content = self._sign(content)
-        sender = message.envelope_from or self._envelope_default
+        """Take a connection slot, check ``permit``, then deliver ``message`` to
+        ``message.address`` in one SMTP transaction. Returns the Message-ID as
+        ``provider_id``."""
+        # The slot comes first so that the permit is checked when this message can go on
+        # the wire at once. The dispatcher's cap (max_concurrency) means it is free for
+        # messages the dispatcher sends; any other caller that waits here is still held to
+        # the permit's age when the wait ends.
         async with self._slots:
+            permit.check(message)
+            try:
+                msg = build_message(message, self.from_address,
+                                    message_id_domain=self._msgid_domain)
+                content = msg.as_bytes()
+            except ValueError as exc:
+                raise PermanentSendError("invalid_message", str(exc)) from exc
+            if self._dkim is not None:
+                content = self._sign(content)
+            sender = message.envelope_from or self._envelope_default
             await self._deliver(sender, message.address, content)
         return SendResult(provider_id=str(msg["Message-ID"]))
 

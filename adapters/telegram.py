@@ -99,6 +99,12 @@ _MEMBER_LIMIT_RANGE = range(1, 100_000)
 
 _GROUP_WINDOW_SECONDS = 60.0
 
+#: HTTP connections to the Bot API (everything but getUpdates). Messages may use all but
+#: :data:`_OTHER_CALLS` of them at once (``max_concurrency``): the rest are for the bot's other
+#: calls (join requests, button answers, invite links), so a send finds a free connection.
+_POOL_SIZE = 64
+_OTHER_CALLS = 16
+
 #: The Update fields :func:`parse_update` reads; every other kind of update gives no event.
 _HANDLED_UPDATES = ("message", "callback_query", "my_chat_member", "chat_join_request")
 
@@ -191,6 +197,7 @@ class TelegramChannel:
         self._api_base_url = api_base_url
         self.sender_key = f"telegram:{bot_id}"
         self.rate_per_second = rate_per_second
+        self.max_concurrency = _POOL_SIZE - _OTHER_CALLS
         self._max_pacing_wait = max_pacing_wait
         self._request_timeout = request_timeout
         self._pacer = _ChatPacer(per_chat_interval, group_per_minute)
@@ -348,7 +355,7 @@ class TelegramChannel:
             # outbox's job, and a retried sendMessage could be a second message.
             timeout = self._request_timeout
             requests = (
-                HTTPXRequest(connection_pool_size=64, read_timeout=timeout,
+                HTTPXRequest(connection_pool_size=_POOL_SIZE, read_timeout=timeout,
                              write_timeout=timeout, connect_timeout=timeout, pool_timeout=timeout),
                 HTTPXRequest(connection_pool_size=1, read_timeout=timeout,
                              write_timeout=timeout, connect_timeout=timeout, pool_timeout=timeout),
@@ -448,9 +455,10 @@ def parse_update(data: Mapping[str, Any]) -> list[InboundEvent]:
     try:
         update = Update.de_json(wanted, bot=None)
         return _events(update, str(update.update_id))
-    except (TypeError, KeyError, AttributeError, ValueError) as exc:
-        # PTB fills missing nested fields with None rather than refusing them; whatever
-        # breaks on the way is a malformed Update.
+    except (TypeError, KeyError, AttributeError, ValueError, OverflowError, OSError) as exc:
+        # PTB fills missing nested fields with None rather than refusing them, and a date
+        # out of range fails in datetime (OverflowError / OSError): whatever breaks on the
+        # way is a malformed Update.
         raise ValueError(f"not a Telegram Update: {exc}") from exc
 
 

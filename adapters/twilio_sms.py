@@ -55,6 +55,10 @@ _OPT_OUT_KINDS = {"STOP": "opt_out", "START": "opt_in", "HELP": "help"}
 #: own task) apart.
 _retry_after_header: ContextVar[str | None] = ContextVar("twilio_retry_after", default=None)
 
+#: Connections the aiohttp session keeps to the API (aiohttp's default, made explicit): a
+#: request beyond them would wait for one, so it is also the adapter's ``max_concurrency``.
+_MAX_CONNECTIONS = 100
+
 
 class _RebasedHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
     """twilio's asynchronous HTTP client, sending every request to ``base_url``.
@@ -101,6 +105,7 @@ class _RebasedHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
         if self.session is None:
             # No await between the test and the assignment: concurrent first sends share it.
             self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=_MAX_CONNECTIONS),
                 timeout=aiohttp.ClientTimeout(total=self.timeout))
         if auth is not None:
             # As a header: aiohttp deprecates the ``auth=`` argument the parent would use.
@@ -151,6 +156,7 @@ class TwilioSms:
             raise ValueError("timeout must be positive")
         self.sender_key = f"twilio:{sender}"
         self.rate_per_second = rate_per_second
+        self.max_concurrency = _MAX_CONNECTIONS
         self._from_number = from_number
         self._messaging_service_sid = messaging_service_sid
         self._status_callback_url = status_callback_url

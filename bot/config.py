@@ -69,6 +69,9 @@ class DispatchSettings:
     # How long a claimed or in-flight message stays reserved to its process. Keep it above
     # the provider call timeout: a lease that expires mid-call turns the message `interrupted`.
     lease_seconds: float = 60.0
+    # Provider calls one process keeps open at once. Enough for rate x provider latency;
+    # more only makes every turn of the event loop (a STOP's too) longer.
+    max_in_flight: int = 64
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,7 @@ class Settings:
 
 _SERVER_KEYS = ("host", "port", "public_url", "max_body_bytes", "max_import_bytes")
 _STORAGE_KEYS = ("url", "pool_size")
-_DISPATCH_KEYS = ("lease_seconds",)
+_DISPATCH_KEYS = ("lease_seconds", "max_in_flight")
 _SECURITY_KEYS = ("secret_key",)
 _POLICY_KEYS = ("denied_sources", "quiet_hours", "timezone", "retention_days")
 _CAMPAIGN_KEYS = (
@@ -474,7 +477,8 @@ def _parse_dispatch(raw: object) -> DispatchSettings:
     lease = t.positive_number_or("lease_seconds", DispatchSettings().lease_seconds)
     if lease < 1:
         raise ConfigError(t.key("lease_seconds"), "must be at least 1 (seconds)")
-    return DispatchSettings(lease_seconds=lease)
+    return DispatchSettings(lease_seconds=lease, max_in_flight=t.int_or(
+        "max_in_flight", DispatchSettings().max_in_flight, minimum=1, maximum=10000))
 
 
 def _parse_security(raw: object) -> SecuritySettings:

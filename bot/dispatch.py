@@ -1,10 +1,11 @@
 """The dispatcher: claim -> pace -> gate -> one provider call -> record.
 
 One lane per campaign and channel claims a little more than its sender can send in the next
-second (bounded memory however large the queue), waits for the sender's turn, takes the
-messages whose turn has come to the gate, and hands each admitted message to its adapter at
-once: a permit never waits in a queue, so the window in which an opt-out cannot stop a
-message is one provider call. Results are written by a recorder in small batches.
+second (bounded memory however large the queue), waits for the sender's turn and for a free
+connection of its adapter (``max_concurrency``), takes the messages whose turn has come to
+the gate, and hands each admitted message to its adapter at once: a permit never waits in a
+queue, not even an adapter's connection pool, so the window in which an opt-out cannot stop
+a message is one provider call. Results are written by a recorder in small batches.
 """
 
 from __future__ import annotations
@@ -43,12 +44,26 @@ __all__ = ["Dispatcher"]
 
 _log = structlog.get_logger("consentgate.dispatch")
 
+#: The most messages one lane leases in one claim.
+MAX_CLAIM = 1000
+
 
 @dataclass(frozen=True)
 class _Result:
     claimed: Claimed
     provider_id: str | None = None
     error: SendError | None = None
+
+
+async def _take_free(slots: asyncio.Semaphore, wanted: int) -> int:
+    """Wait for one of ``slots``, then take those of the rest that are free now, up to
+    ``wanted`` in all; return how many were taken."""
+    await slots.acquire()
+    got = 1
+    while got < wanted and not slots.locked():
+        await slots.acquire()  # free: returns at once
+        got += 1
+    return got
 
 
 class Dispatcher:
@@ -64,7 +79,7 @@ class Dispatcher:
         worker_id: str | None = None,
         lease_seconds: float = 60.0,
         lookahead_seconds: float = 1.0,
-        max_in_flight: int = 256,
+        max_in_flight: int = 64,
         poll_interval: float = 0.25,
         retry_base_seconds: float = 1.0,
         pacer_factory: Callable[[ChannelAdapter], SendBudget] | None = None,
@@ -81,6 +96,14 @@ class Dispatcher:
         self.poll_interval = poll_interval
         self.retry_base_seconds = retry_base_seconds
         self._slots = asyncio.Semaphore(max_in_flight)
+        # Per adapter instance (it owns the connection pool; lanes sharing one share it):
+        # no more messages admitted than it has connections, so none waits for one.
+        self._capacity: dict[tuple[str, str], asyncio.Semaphore] = {}
+        by_adapter: dict[int, asyncio.Semaphore] = {}
+        for key, adapter in self.adapters.items():
+            if adapter.max_concurrency is not None:
+                self._capacity[key] = by_adapter.setdefault(
+                    id(adapter), asyncio.Semaphore(adapter.max_concurrency))
         self._pacers: dict[str, SendBudget] = {}
         factory: Callable[[ChannelAdapter], SendBudget] = (
             pacer_factory or (lambda a: Pacer(a.rate_per_second)))
@@ -126,18 +149,20 @@ class Dispatcher:
                 await recorder
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
-            async with self.db.write() as conn:
+            async with self.db.write(bulk=True) as conn:
                 await outbox.release_leases(conn, self.worker_id)
 
     async def _lane(self, key: tuple[str, str], adapter: ChannelAdapter) -> None:
         campaign, channel = key
         pacer = self._pacers[adapter.sender_key]
         wake = self._wake[key]
-        want = max(1, int(adapter.rate_per_second * self.lookahead))
+        # A fast sender's second is capped: one claim holds the write lock (SQLite) for as
+        # long as it takes to lease its rows, and a STOP may be waiting behind it.
+        want = max(1, min(int(adapter.rate_per_second * self.lookahead), MAX_CLAIM))
         while not self._stopping.is_set():
             wake.clear()
             try:
-                async with self.db.write() as conn:
+                async with self.db.write(bulk=True) as conn:
                     claimed = await outbox.claim(
                         conn, worker=self.worker_id, campaign=campaign, channel=channel,
                         limit=want, lease_seconds=self.lease_seconds)
@@ -151,13 +176,9 @@ class Dispatcher:
             pending = deque(claimed)
             while pending and not self._stopping.is_set():
                 n = await pacer.take(len(pending))
-                # Wait for one slot only, then take the free ones: waiting for n slots while
-                # holding some deadlocks once n exceeds max_in_flight (a fast sender's burst).
-                await self._slots.acquire()
-                got = 1
-                while got < n and not self._slots.locked():
-                    await self._slots.acquire()  # free: returns at once
-                    got += 1
+                # Only as many go to the gate as can go on the wire at once (see _take_slots);
+                # turns the slots do not cover go back to the sender's budget.
+                got = await self._take_slots(key, n)
                 pacer.give_back(n - got)
                 n = got
                 batch = [pending.popleft() for _ in range(n)]
@@ -166,20 +187,51 @@ class Dispatcher:
                 except Exception:
                     _log.exception("dispatch.admit_failed", campaign=campaign, channel=channel)
                     used = 0
-                    for _ in batch:
-                        self._slots.release()
+                    self._free_slots(key, len(batch))
                 pacer.give_back(n - used)
             if pending:
-                async with self.db.write() as conn:
+                async with self.db.write(bulk=True) as conn:
                     await outbox.release_leases(conn, self.worker_id, [c.id for c in pending])
 
+    async def _take_slots(self, key: tuple[str, str], wanted: int) -> int:
+        """Hold a send slot of the lane's adapter and of the dispatcher for each of 1 ..
+        ``wanted`` messages; return how many. Released by :meth:`_free_slots`.
+
+        Each kind is waited for one slot at a time, then only the free ones are taken:
+        waiting for ``wanted`` slots while holding some deadlocks once ``wanted`` exceeds
+        what there is (a fast sender's burst against max_in_flight or against a relay's
+        few connections). The adapter's slots are always taken before the dispatcher's, so
+        a lane waiting for an adapter slot holds none of the dispatcher's, and a lane
+        waiting for a dispatcher slot waits only for sends, which end.
+        """
+        capacity = self._capacity.get(key)
+        if capacity is None:
+            return await _take_free(self._slots, wanted)
+        got = await _take_free(capacity, wanted)
+        try:
+            taken = await _take_free(self._slots, got)
+        except BaseException:  # cancelled while waiting: hold nothing
+            for _ in range(got):
+                capacity.release()
+            raise
+        for _ in range(got - taken):
+            capacity.release()
+        return taken
+
+    def _free_slots(self, key: tuple[str, str], n: int = 1) -> None:
+        capacity = self._capacity.get(key)
+        for _ in range(n):
+            self._slots.release()
+            if capacity is not None:
+                capacity.release()
+
     async def _admit_and_send(self, batch: list[Claimed]) -> int:
-        async with self.db.write() as conn:
+        async with self.db.write(bulk=True) as conn:
             admission = await self.gate.admit(conn, self.worker_id, batch, self.lease_seconds)
         permitted_ids = {c.id for c, _ in admission.permitted}
         for c in batch:
             if c.id not in permitted_ids:
-                self._slots.release()
+                self._free_slots((c.campaign, c.channel))
         for c, reason in admission.refused:
             self.metrics.gate_refusals.labels(c.channel, reason.value).inc()
             self.metrics.messages.labels(c.channel, "blocked").inc()
@@ -211,7 +263,8 @@ class Dispatcher:
             await self._results.put(_Result(c, error=RetryableSendError("adapter_error",
                                                                         repr(exc))))
         finally:
-            self._slots.release()
+            # After adapter.send has returned, so the adapter has let go of its connection.
+            self._free_slots((c.campaign, c.channel))
 
     async def _record_loop(self) -> None:
         while True:
@@ -229,7 +282,7 @@ class Dispatcher:
                 self._recorded.set()
 
     async def _record(self, batch: list[_Result]) -> None:
-        async with self.db.write() as conn:
+        async with self.db.write(bulk=True) as conn:
             sent = [(r.claimed.id, r.provider_id) for r in batch if r.error is None]
             await outbox.mark_sent(conn, sent)
             for r in batch:
@@ -274,7 +327,7 @@ class Dispatcher:
         while True:
             await asyncio.sleep(max(5.0, self.lease_seconds / 4))
             try:
-                async with self.db.write() as conn:
+                async with self.db.write(bulk=True) as conn:
                     n = await outbox.reap_interrupted(conn)
                 if n:
                     _log.warning("dispatch.reaped_interrupted", count=n)

@@ -118,14 +118,15 @@ class ConsentGate:
             query = query.with_for_update(of=m)
         rows = await conn.execute(query)
         now = time.time()
+        # One clock reading for the batch: every campaign message in it is held or not alike.
+        resume = next_send_time(datetime.fromtimestamp(now, UTC), self.quiet_hours,
+                                self.timezone)
         allowed: list[int] = []
         for row in rows:
             claimed = by_id[row.id]
             if row.status != "queued" or row.lease_owner != worker:
                 continue  # cancelled (opt-out, broadcast cancel) since it was claimed
             if claimed.kind == "campaign":
-                resume = next_send_time(datetime.fromtimestamp(now, UTC), self.quiet_hours,
-                                        self.timezone)
                 if resume is not None:
                     await conn.execute(
                         update(m).where(m.c.id == row.id)

@@ -115,6 +115,7 @@ class Gateway:
                                      self.adapters, self.metrics, worker_id=worker_id,
                                      lease_seconds=(settings.dispatch.lease_seconds
                                                     if lease_seconds is None else lease_seconds),
+                                     max_in_flight=settings.dispatch.max_in_flight,
                                      pacer_factory=pacer_factory)
         self.inbound = InboundService(self.db, self.ledger, self.metrics, self.campaigns)
         self.messages = MessageService(self.db, self.gate, self.ledger)

@@ -230,9 +230,14 @@ async def release_leases(conn: AsyncConnection, worker: str | None = None,
     return int(result.rowcount or 0)
 
 
-async def counts_by_status(conn: AsyncConnection, broadcast_id: int) -> dict[str, int]:
-    rows = await conn.execute(
-        select(messages.c.status, func.count())
-        .where(messages.c.broadcast_id == broadcast_id)
-        .group_by(messages.c.status))
+async def counts_by_status(conn: AsyncConnection, broadcast_id: int,
+                           dispatched_since: float | None = None) -> dict[str, int]:
+    """The broadcast's messages by status; with ``dispatched_since``, only those the gate
+    admitted (last) at or after that time."""
+    stmt = (select(messages.c.status, func.count())
+            .where(messages.c.broadcast_id == broadcast_id)
+            .group_by(messages.c.status))
+    if dispatched_since is not None:
+        stmt = stmt.where(messages.c.dispatched_at >= dispatched_since)
+    rows = await conn.execute(stmt)
     return {status: int(n) for status, n in rows}

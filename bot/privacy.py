@@ -457,7 +457,7 @@ class Privacy:
         for slug in known:
             results.append(await self._retain_campaign(slug, cutoff, now))
         # Suppressions recorded outside any configured campaign still lose their address.
-        async with self.db.write() as conn:
+        async with self.db.write(bulk=True) as conn:
             sp = suppressions
             await conn.execute(
                 update(sp).where(sp.c.address.is_not(None), sp.c.at < cutoff,
@@ -484,7 +484,7 @@ class Privacy:
                                      im.c.at >= cutoff)
             return and_(t.c.campaign == slug, not_(fresh), not_(replied))
 
-        async with self.db.write() as conn:
+        async with self.db.write(bulk=True) as conn:
             m = messages
             # Campaign messages still waiting for a subscriber about to be pseudonymised
             # will never be sent: cancel them while the address still joins.

@@ -4,11 +4,19 @@ SQLite: WAL, a busy timeout, and write transactions opened with ``BEGIN IMMEDIAT
 read-then-write transaction takes the write lock up front instead of failing with
 SQLITE_BUSY half-way (pysqlite's legacy mode emits no BEGIN before a SELECT).
 PostgreSQL: a pooled asyncpg engine; the outbox claims rows with ``FOR UPDATE SKIP LOCKED``.
+
+SQLite has one write lock for the whole file, and its busy handler is neither fair nor aware
+of what is waiting: during a broadcast a STOP could lose the race for the lock to dispatcher
+transactions again and again. So this process's writers take turns in :class:`WriteTurns`
+first, people's changes (STOP, START, the API) ahead of bulk work (claiming, recording,
+enqueueing): an opt-out waits for at most the one transaction already running.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +25,7 @@ from typing import IO, Any
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-__all__ = ["Database", "DatabaseBusy"]
+__all__ = ["Database", "DatabaseBusy", "WriteTurns"]
 
 
 class DatabaseBusy(Exception):
@@ -25,6 +33,56 @@ class DatabaseBusy(Exception):
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x636F6E73  # pg_advisory_lock key: one migrating process at a time
+
+
+class WriteTurns:
+    """An in-process write lock handed over in order, urgent waiters before bulk ones.
+
+    Not an :class:`asyncio.Lock` because it has two queues, and because a nested write
+    transaction in one task must fail loudly here rather than wait for ever for itself.
+    """
+
+    def __init__(self) -> None:
+        self._holder: asyncio.Task[Any] | None = None
+        self._held = False
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._bulk: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> tuple[int, int]:
+        """(urgent, bulk) writers waiting for their turn."""
+        return len(self._urgent), len(self._bulk)
+
+    async def acquire(self, *, bulk: bool) -> None:
+        task = asyncio.current_task()
+        if self._held and task is not None and task is self._holder:
+            raise RuntimeError("a write transaction was opened inside another one")
+        if not self._held and not self._urgent and not self._bulk:
+            self._held, self._holder = True, task
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._bulk if bulk else self._urgent
+        queue.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._holder = task
+                self.release()  # handed the turn while being cancelled: pass it on
+            elif turn in queue:
+                queue.remove(turn)
+            raise
+        self._holder = task
+
+    def release(self) -> None:
+        for queue in (self._urgent, self._bulk):
+            while queue:
+                turn = queue.popleft()
+                if not turn.done():
+                    self._holder = None
+                    turn.set_result(None)  # the turn passes straight to the next writer
+                    return
+        self._held, self._holder = False, None
 
 
 class Database:
@@ -39,17 +97,29 @@ class Database:
                 max_overflow=pool_size,
             )
             _install_sqlite_hooks(self.engine)
+            self.turns: WriteTurns | None = WriteTurns()
         else:
             self.engine = create_async_engine(
                 url, echo=echo, pool_size=pool_size, max_overflow=pool_size,
                 pool_pre_ping=True,
             )
+            self.turns = None  # row locks: writers of different rows never wait for each other
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction: committed on success, rolled back on any exception."""
-        async with self.engine.begin() as conn:
-            yield conn
+    async def write(self, *, bulk: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A write transaction: committed on success, rolled back on any exception.
+        ``bulk`` marks background work (the dispatcher, enqueueing, imports, retention)
+        that should let a person's change go first."""
+        if self.turns is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        await self.turns.acquire(bulk=bulk)
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        finally:
+            self.turns.release()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -89,6 +159,15 @@ class Database:
                 f"another consentgate process is dispatching from {path}; "
                 "run several processes on PostgreSQL") from None
         return lock
+
+    async def refresh_statistics(self, table: str) -> None:
+        """Refresh the PostgreSQL planner's statistics of ``table`` now rather than when
+        autovacuum gets to it (after a bulk load). SQLite's planner needs none."""
+        if self.is_sqlite:
+            return
+        async with self.engine.connect() as conn:
+            await conn.execute(text(f'ANALYZE "{table}"'))
+            await conn.commit()
 
     async def ping(self) -> None:
         async with self.read() as conn:

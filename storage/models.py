@@ -137,7 +137,7 @@ broadcasts = Table(
     Column("channel", String(16), nullable=False),
     Column("text", Text, nullable=False),
     Column("subject", Text, nullable=True),
-    Column("status", String(16), nullable=False),  # enqueuing|queued|cancelled
+    Column("status", String(16), nullable=False),  # enqueuing|queued|paused|cancelled
     # Enqueueing walks the audience in subscription-id ranges, one short transaction each;
     # ``cursor`` is the last id done, so a crash mid-way resumes instead of restarting.
     Column("cursor", Id, nullable=False, default=0),
@@ -146,6 +146,9 @@ broadcasts = Table(
     Column("excluded", Text, nullable=False, default="{}"),  # JSON {reason: count}
     Column("created_by", String(200), nullable=False),
     Column("created_at", Float, nullable=False),
+    # When an operator last resumed it after a pause: from then on the failure rule judges
+    # only messages handed to a provider since (the old failures were already looked at).
+    Column("resumed_at", Float, nullable=True),
     Index("ix_broadcasts_campaign", "campaign"),
 )
 
@@ -176,7 +179,7 @@ messages = Table(
     Column("lease_expires", Float, nullable=True),
     Column("last_error", Text, nullable=True),
     Index("ix_messages_due", "campaign", "channel", "status", "not_before"),
-    Index("ix_messages_recipient", "campaign", "channel", "address_hash", "status"),
+    Index("ix_messages_recipient", "channel", "address_hash", "campaign", "status"),
     Index("ix_messages_broadcast", "broadcast_id", "status"),
     Index("ix_messages_provider", "provider_id"),
 )

@@ -13,7 +13,7 @@ import json
 from email.message import EmailMessage
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from adapters.smtp_inbound import parse_inbound_mail
@@ -82,6 +82,8 @@ def test_twilio_status_callback_is_read_or_refused(form: dict[str, str],
 
 @FUZZ
 @given(_updates)
+@example({"update_id": 1, "message": {"message_id": 1, "date": 10**18,
+                                      "chat": {"id": 5, "type": "private"}, "text": "STOP"}})
 def test_telegram_update_is_read_or_refused(data: Any) -> None:
     try:
         events = parse_update(data)

@@ -46,15 +46,9 @@ from tests.procs import (
 def _pg_config(tmp_path: Path, pg_url: str, twilio_url: str, port: int, *, rate: float,
                lease_seconds: float) -> Path:
     """The subprocess config of :func:`tests.procs.write_config`, on PostgreSQL."""
-    placeholder = tmp_path / "unused.db"
-    path = write_config(tmp_path / "consentgate.toml", db_path=placeholder,
-                        twilio_url=twilio_url, port=port, rate=rate)
-    text = path.read_text(encoding="utf-8").replace(
-        f'url = "sqlite+aiosqlite:///{placeholder}"', f'url = "{pg_url}"\npool_size = 5')
-    assert pg_url in text
-    path.write_text(text + f"\n[dispatch]\nlease_seconds = {lease_seconds}\n",
-                    encoding="utf-8")
-    return path
+    return write_config(tmp_path / "consentgate.toml", storage_url=pg_url,
+                        twilio_url=twilio_url, port=port, rate=rate, pool_size=5,
+                        lease_seconds=lease_seconds)
 
 
 async def _rows(pg_url: str, sql: str, *args: Any) -> list[asyncpg.Record]:

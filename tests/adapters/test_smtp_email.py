@@ -22,6 +22,7 @@ import dkim
 import pytest
 
 from adapters.base import (
+    ChannelAdapter,
     InboundEvent,
     OutboundMessage,
     OutcomeUnknown,
@@ -218,6 +219,12 @@ async def test_sender_key_names_the_relay_account() -> None:
         "smtp:smtp.example.org:jane@example.org")
     assert SmtpEmail(host="smtp.example.org", from_address=FROM,
                      username="jane").sender_key == "smtp:smtp.example.org:jane"
+
+
+async def test_the_dispatcher_is_told_one_send_per_connection() -> None:
+    adapter: ChannelAdapter = SmtpEmail(host="smtp.example.org", from_address=FROM,
+                                        max_connections=3)
+    assert adapter.max_concurrency == 3
 
 
 # -- the permit ------------------------------------------------------------------------------

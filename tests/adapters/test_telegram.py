@@ -31,6 +31,7 @@ from adapters.base import (
     _seal,
 )
 from adapters.telegram import (
+    _POOL_SIZE,
     ALLOWED_UPDATES,
     BotIdentity,
     TelegramChannel,
@@ -121,6 +122,8 @@ def test_the_channel_is_a_channel_adapter_keyed_by_its_bot() -> None:
     assert adapter.channel == "telegram"
     assert adapter.sender_key == "telegram:123456"
     assert adapter.rate_per_second == 7.5
+    # Fewer sends at once than HTTP connections: the bot's other calls share the pool.
+    assert adapter.max_concurrency is not None and 0 < adapter.max_concurrency < _POOL_SIZE
 
 
 def test_a_malformed_token_is_refused_at_construction() -> None:

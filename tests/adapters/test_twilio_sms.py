@@ -99,6 +99,17 @@ def test_adapter_satisfies_the_channel_adapter_protocol(fake: FakeTwilio) -> Non
         f"twilio:{SERVICE}")
 
 
+async def test_the_dispatcher_is_told_how_many_connections_the_session_has(
+    fake: FakeTwilio, sms: TwilioSms
+) -> None:
+    await send(sms)  # the session opens on the first send
+
+    session = sms._http.session
+    assert session is not None
+    # No more sends at once than connections: one beyond them would wait, holding its permit.
+    assert sms.max_concurrency == session.connector.limit  # type: ignore[union-attr]
+
+
 def test_a_sender_is_required(fake: FakeTwilio) -> None:
     with pytest.raises(ValueError):
         adapter_for(fake, from_number=None)

@@ -767,3 +767,11 @@ def test_the_production_example_in_the_docs_parses() -> None:
         settings = parse_config(block, _AnyEnv())
         assert settings.campaigns[0].email is not None
         assert settings.campaigns[0].email.inbound is not None
+
+
+def test_dispatch_settings_are_read_and_checked() -> None:
+    base = f'[security]\nsecret_key = "{SECRET}"\n[dispatch]\n'
+    settings = parse_config(base + "lease_seconds = 30\nmax_in_flight = 16\n", {})
+    assert (settings.dispatch.lease_seconds, settings.dispatch.max_in_flight) == (30, 16)
+    err = error_of(base + "max_in_flight = 0\n")
+    assert err.key == "dispatch.max_in_flight"

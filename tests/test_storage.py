@@ -1,0 +1,208 @@
+"""Storage: the order in which this process's SQLite writers get the write lock, and the
+schema the migrations build (the same as the models describe, upgraded in place)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+
+from bot import outbox
+from storage.db import Database, WriteTurns
+from storage.models import metadata
+
+# -- WriteTurns ---------------------------------------------------------------------------
+
+
+async def _holder(turns: WriteTurns, got: asyncio.Event, release: asyncio.Event) -> None:
+    await turns.acquire(bulk=True)
+    got.set()
+    await release.wait()
+    turns.release()
+
+
+async def _queued(turns: WriteTurns, name: str, bulk: bool, order: list[str]) -> None:
+    await turns.acquire(bulk=bulk)
+    order.append(name)
+    turns.release()
+
+
+async def _wait_until_waiting(turns: WriteTurns, urgent: int, bulk: int) -> None:
+    """Let the new tasks run up to their wait (a few passes of the event loop, no timer)."""
+    for _ in range(1000):
+        if turns.waiting == (urgent, bulk):
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"waiting {turns.waiting}, expected {(urgent, bulk)}")
+
+
+async def test_a_person_s_change_goes_before_queued_bulk_writers() -> None:
+    turns = WriteTurns()
+    got, release = asyncio.Event(), asyncio.Event()
+    order: list[str] = []
+    holder = asyncio.create_task(_holder(turns, got, release))
+    await got.wait()
+    bulk = [asyncio.create_task(_queued(turns, f"bulk{i}", True, order)) for i in range(3)]
+    await _wait_until_waiting(turns, 0, 3)
+    stop = asyncio.create_task(_queued(turns, "stop", False, order))
+    await _wait_until_waiting(turns, 1, 3)
+    release.set()
+    await asyncio.gather(holder, stop, *bulk)
+    assert order == ["stop", "bulk0", "bulk1", "bulk2"]
+    assert turns.waiting == (0, 0)
+
+
+async def test_a_cancelled_waiter_does_not_keep_the_turn() -> None:
+    turns = WriteTurns()
+    got, release = asyncio.Event(), asyncio.Event()
+    order: list[str] = []
+    holder = asyncio.create_task(_holder(turns, got, release))
+    await got.wait()
+    doomed = asyncio.create_task(_queued(turns, "doomed", False, order))
+    later = asyncio.create_task(_queued(turns, "later", True, order))
+    await _wait_until_waiting(turns, 1, 1)
+    doomed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    release.set()
+    await asyncio.gather(holder, later)
+    assert order == ["later"]
+    # and the lock is free again
+    await asyncio.wait_for(turns.acquire(bulk=False), 1)
+    turns.release()
+
+
+async def test_a_write_opened_inside_another_fails_instead_of_waiting_for_itself(
+        sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    await db.migrate()
+    try:
+        async with db.write() as conn:
+            await conn.execute(text("SELECT 1"))
+            with pytest.raises(RuntimeError, match="inside another"):
+                async with db.write():
+                    pass
+        async with db.write(bulk=True) as conn:  # and the lock was given back
+            await conn.execute(text("SELECT 1"))
+    finally:
+        await db.dispose()
+
+
+async def test_an_urgent_write_transaction_waits_for_one_bulk_transaction_only(
+        sqlite_url: str) -> None:
+    """Real transactions on one SQLite file: a bulk transaction is running, three more are
+    queued; the urgent one commits second."""
+    db = Database(sqlite_url)
+    await db.migrate()
+    order: list[str] = []
+    running, finish = asyncio.Event(), asyncio.Event()
+
+    async def first() -> None:
+        async with db.write(bulk=True) as conn:
+            running.set()
+            await finish.wait()
+            await conn.execute(text("UPDATE campaigns SET name = name"))
+            order.append("first")
+
+    async def write(name: str, bulk: bool) -> None:
+        async with db.write(bulk=bulk) as conn:
+            await conn.execute(text("UPDATE campaigns SET name = name"))
+            order.append(name)
+
+    try:
+        t0 = asyncio.create_task(first())
+        await running.wait()
+        assert db.turns is not None
+        queued = [asyncio.create_task(write(f"bulk{i}", True)) for i in range(3)]
+        await _wait_until_waiting(db.turns, 0, 3)
+        urgent = asyncio.create_task(write("stop", False))
+        await _wait_until_waiting(db.turns, 1, 3)
+        finish.set()
+        await asyncio.gather(t0, urgent, *queued)
+    finally:
+        await db.dispose()
+    assert order == ["first", "stop", "bulk0", "bulk1", "bulk2"]
+
+
+# -- the schema ---------------------------------------------------------------------------
+
+
+def _differences(sync_conn: Any) -> list[Any]:
+    return list(compare_metadata(MigrationContext.configure(sync_conn), metadata))
+
+
+async def _schema_differences(url: str) -> list[Any]:
+    db = Database(url)
+    try:
+        await db.migrate()
+        async with db.engine.connect() as conn:
+            return await conn.run_sync(_differences)
+    finally:
+        await db.dispose()
+
+
+async def test_the_migrations_build_what_the_models_describe_on_sqlite(
+        sqlite_url: str) -> None:
+    assert await _schema_differences(sqlite_url) == []
+
+
+@pytest.mark.postgres
+async def test_the_migrations_build_what_the_models_describe_on_postgresql(
+        pg_url: str) -> None:
+    assert await _schema_differences(pg_url) == []
+
+
+async def test_a_database_at_the_first_revision_upgrades_in_place_keeping_its_data(
+        tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    path = tmp_path / "old.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    db = Database(url)
+
+    def to_first(sync_conn: Any) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path("storage/migrations").resolve()))
+        cfg.attributes["connection"] = sync_conn
+        command.upgrade(cfg, "0001")
+
+    try:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(to_first)
+        async with db.engine.begin() as conn:
+            await outbox.enqueue(conn, campaign="c", channel="sms", address="+447700900001",
+                                 address_hash="h" * 64, text="hello", created_by="test")
+        await db.migrate()
+    finally:
+        await db.dispose()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT count(*) FROM messages").fetchone() == (1,)
+        cols = [r[2] for r in raw.execute("PRAGMA index_info('ix_messages_recipient')")]
+        assert cols == ["channel", "address_hash", "campaign", "status"]
+
+
+async def test_a_stop_for_every_campaign_finds_the_queue_through_the_index(
+        sqlite_url: str) -> None:
+    """STOPALL cancels with no campaign: it must not scan the whole outbox inside the
+    opt-out's transaction."""
+    db = Database(sqlite_url)
+    await db.migrate()
+    try:
+        async with db.read() as conn:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            async with driver.execute(
+                    "EXPLAIN QUERY PLAN UPDATE messages SET status = 'cancelled' "
+                    "WHERE channel = ? AND address_hash = ? AND status = 'queued' "
+                    "AND kind != 'reply'", ("sms", "h" * 64)) as cursor:
+                plan = " ".join(str(r[-1]) for r in await cursor.fetchall())
+    finally:
+        await db.dispose()
+    assert "ix_messages_recipient" in plan, plan
