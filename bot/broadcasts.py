@@ -1,4 +1,5 @@
-"""Broadcasts: who is in the audience, queueing them in batches, progress and cancel.
+"""Broadcasts: who is in the audience, queueing them in batches, progress, pause, resume
+and cancel.
 
 The audience is resolved by set-based SQL (one statement counts it by reason; one
 INSERT ... SELECT per batch queues it), never by a Python loop over people. Each batch is its
@@ -16,7 +17,7 @@ from sqlalchemy import and_, case, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot import audit, outbox
-from bot.errors import Forbidden, InvalidInput, NotFound
+from bot.errors import Conflict, Forbidden, InvalidInput, NotFound
 from bot.ledger import suppressed_clause
 from bot.messages import MAX_TEXT, iso
 from storage.db import Database
@@ -31,9 +32,13 @@ BATCH = 5000
 #: the provider have failed (hard bounces above all), counted once PAUSE_AFTER_ATTEMPTS did.
 #: A list that bounces like that is stale or was not collected with consent, and mailbox
 #: providers block senders for it: a person should look before anything more goes.
+#: Once an operator has looked and resumed it, only messages the gate admitted since the
+#: resume count (``broadcasts.resumed_at``): the old failures do not pause it again at once,
+#: but a fresh PAUSE_AFTER_ATTEMPTS that fail as badly do.
 PAUSE_AFTER_ATTEMPTS = 200
 PAUSE_FAILURE_RATE = 0.05
-#: ``not_before`` of the queued messages of a paused broadcast: held until it is cancelled.
+#: ``not_before`` of the queued messages of a paused broadcast: held until it is resumed
+#: (then due at once) or cancelled.
 HELD_UNTIL = 253402300799.0  # 9999-12-31T23:59:59Z
 
 
@@ -47,8 +52,11 @@ async def pause_if_failing(conn: AsyncConnection, broadcast_id: int) -> bool:
     transaction): its queued messages are held, including those a dispatcher has claimed
     but not yet taken to the gate. Returns True if it was paused now. On a paused broadcast
     it holds again what a retry has put back in the queue since."""
-    b = (await conn.execute(select(broadcasts.c.campaign, broadcasts.c.status).where(
-        broadcasts.c.id == broadcast_id))).first()
+    # Locked (PostgreSQL): a resume committing meanwhile must not see the messages it just
+    # released held again by the branch below.
+    b = (await conn.execute(
+        select(broadcasts.c.campaign, broadcasts.c.status, broadcasts.c.resumed_at)
+        .where(broadcasts.c.id == broadcast_id).with_for_update())).first()
     if b is not None and b.status == "paused":
         await conn.execute(
             update(messages).where(messages.c.broadcast_id == broadcast_id,
@@ -58,7 +66,8 @@ async def pause_if_failing(conn: AsyncConnection, broadcast_id: int) -> bool:
         return False
     if b is None or b.status not in ("enqueuing", "queued"):
         return False
-    failed, attempted = _failure_figures(await outbox.counts_by_status(conn, broadcast_id))
+    failed, attempted = _failure_figures(await outbox.counts_by_status(
+        conn, broadcast_id, dispatched_since=b.resumed_at))
     if attempted < PAUSE_AFTER_ATTEMPTS or failed <= PAUSE_FAILURE_RATE * attempted:
         return False
     now = time.time()
@@ -141,9 +150,11 @@ class BroadcastService:
     async def enqueue(self, broadcast_id: int, batch: int = BATCH) -> int:
         """Queue the eligible audience in id ranges, one transaction each (resumable)."""
         while True:
-            async with self.db.write() as conn:
+            async with self.db.write(bulk=True) as conn:
+                # Locked (PostgreSQL): two processes finishing the same broadcast at start-up
+                # take its ranges in turn, so nobody is queued twice.
                 b = (await conn.execute(select(broadcasts).where(
-                    broadcasts.c.id == broadcast_id))).one()
+                    broadcasts.c.id == broadcast_id).with_for_update())).one()
                 if b.status != "enqueuing":
                     return int(b.eligible)
                 lo = int(b.cursor)
@@ -186,18 +197,23 @@ class BroadcastService:
             if b is None:
                 raise NotFound("broadcast_not_found", "no such broadcast in this campaign")
             found = await outbox.counts_by_status(conn, broadcast_id)
+            judged = found  # what the failure rule looked at
+            if b.status == "paused" and b.resumed_at is not None:
+                judged = await outbox.counts_by_status(conn, broadcast_id,
+                                                       dispatched_since=b.resumed_at)
         counts = {k: found.get(k, 0) for k in MESSAGE_STATUSES}
         paused: dict[str, Any] = {}
         if b.status == "cancelled":
             status = "cancelled"
         elif b.status == "paused":
             status = "paused"
-            failed, attempted = _failure_figures(counts)
+            failed, attempted = _failure_figures(judged)
+            since = " since it was resumed" if b.resumed_at is not None else ""
             paused = {"paused": {
                 "reason": "too_many_failures", "failed": failed, "attempted": attempted,
-                "detail": f"{failed} of {attempted} messages failed, over "
+                "detail": f"{failed} of {attempted} messages{since} failed, over "
                           f"{PAUSE_FAILURE_RATE:.0%} after at least {PAUSE_AFTER_ATTEMPTS}; "
-                          "the rest are held until the broadcast is cancelled"}}
+                          "the rest are held until the broadcast is resumed or cancelled"}}
         elif b.status == "enqueuing" or counts["queued"] + counts["sending"] > 0:
             progressed = sum(counts.values()) - counts["queued"]
             status = "sending" if progressed else "queued"
@@ -205,7 +221,40 @@ class BroadcastService:
             status = "done"
         return {"id": b.id, "channel": b.channel, "status": status, "counts": counts,
                 "eligible": b.eligible, "excluded": json.loads(b.excluded),
-                "created_at": iso(b.created_at), "created_by": b.created_by, **paused}
+                "created_at": iso(b.created_at), "created_by": b.created_by,
+                "resumed_at": iso(b.resumed_at), **paused}
+
+    async def resume(self, campaign: str, broadcast_id: int, actor: str) -> dict[str, Any]:
+        """Resume a paused broadcast: its held messages are due again at once (the gate
+        still decides each one when it is sent, so whoever opted out meanwhile gets
+        nothing), queueing goes on if the pause interrupted it, and from now on the failure
+        rule judges only messages admitted after this. Any other state is a Conflict."""
+        now = time.time()
+        async with self.db.write() as conn:
+            b = (await conn.execute(
+                select(broadcasts.c.status, broadcasts.c.cursor, broadcasts.c.upper)
+                .where(broadcasts.c.id == broadcast_id, broadcasts.c.campaign == campaign)
+                .with_for_update())).first()
+            if b is None:
+                raise NotFound("broadcast_not_found", "no such broadcast in this campaign")
+            if b.status != "paused":
+                state = "cancelled" if b.status == "cancelled" else "not paused"
+                raise Conflict("broadcast_not_paused",
+                               f"only a paused broadcast can be resumed; this one is {state}")
+            status = "enqueuing" if b.cursor < b.upper else "queued"
+            await conn.execute(update(broadcasts).where(broadcasts.c.id == broadcast_id)
+                               .values(status=status, resumed_at=now))
+            released = await conn.execute(
+                update(messages).where(messages.c.broadcast_id == broadcast_id,
+                                       messages.c.status == "queued",
+                                       messages.c.not_before >= HELD_UNTIL)
+                .values(not_before=now, updated_at=now))
+            await audit.append(conn, campaign, actor, "broadcast.resumed",
+                               f"broadcast#{broadcast_id}",
+                               {"released": int(released.rowcount or 0)}, at=now)
+        if status == "enqueuing":
+            await self.enqueue(broadcast_id)
+        return await self.view(campaign, broadcast_id)
 
     async def cancel(self, campaign: str, broadcast_id: int, actor: str) -> dict[str, Any]:
         """Cancel: no message of it is handed to a provider after this commits (a message

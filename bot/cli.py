@@ -184,9 +184,13 @@ async def _broadcast(gw: Any, args: argparse.Namespace) -> int:
             done = total - c["queued"] - c["sending"]
             bar.update(task, completed=done, detail=" ".join(
                 f"{k}={v}" for k, v in c.items() if v))
-            if view["status"] in ("done", "cancelled"):
+            if view["status"] in ("done", "cancelled", "paused"):
                 break
             await asyncio.sleep(0.5)
+    if view["status"] == "paused":
+        # Held for a person to look at: waiting on would never end.
+        return _fail(f"broadcast {result['id']} paused: {view['paused']['detail']}; resume "
+                     f"it with POST /api/v1/broadcasts/{result['id']}/resume or cancel it")
     return 0
 
 

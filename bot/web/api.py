@@ -162,6 +162,16 @@ async def cancel_broadcast(request: web.Request) -> web.Response:
     return _json(await gw.broadcasts.cancel(op.campaign.slug, broadcast_id, op.name))
 
 
+async def resume_broadcast(request: web.Request) -> web.Response:
+    """A paused broadcast goes on: 200 with its view; 409 ``broadcast_not_paused`` otherwise."""
+    op = operator(request)
+    gw = gateway(request)
+    broadcast_id = _int(request.match_info["id"], "broadcast")
+    view = await gw.broadcasts.resume(op.campaign.slug, broadcast_id, op.name)
+    gw.dispatcher.wake(op.campaign.slug, view["channel"])
+    return _json(view)
+
+
 async def get_audit(request: web.Request) -> web.Response:
     op = operator(request)
     gw = gateway(request)
@@ -216,6 +226,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/v1/broadcasts", post_broadcast)
     r.add_get("/api/v1/broadcasts/{id}", get_broadcast)
     r.add_post("/api/v1/broadcasts/{id}/cancel", cancel_broadcast)
+    r.add_post("/api/v1/broadcasts/{id}/resume", resume_broadcast)
     r.add_get("/api/v1/audit", get_audit)
     r.add_get("/api/v1/replies", get_replies)
     r.add_post("/api/v1/suppressions/import", post_suppression_import)

@@ -32,6 +32,7 @@ async def test_the_auditor_reads_but_every_change_is_403(gw: Harness) -> None:
         ("POST", "/api/v1/messages", {"channel": "sms", "to": NUMBER, "text": "hi"}),
         ("POST", "/api/v1/broadcasts", {"channel": "sms", "text": "hi"}),
         ("POST", "/api/v1/broadcasts/1/cancel", {}),
+        ("POST", "/api/v1/broadcasts/1/resume", {}),
     ]
     for method, path, body in changes:
         status, answer = await gw.api(method, path, body, token=JANE_AUDITOR)
