@@ -1,6 +1,8 @@
 """What every benchmark shares: a throw-away database (SQLite file or a temporary
 PostgreSQL database), fast set-based seeding of subscribers, production-like logging sent to a
-file, the machine's description, and printing / saving the figures."""
+file, the machine's description, and printing / saving the figures. :class:`Arrivals` counts
+what the Twilio fake accepted per recipient without keeping the messages, for runs of
+millions."""
 
 from __future__ import annotations
 
@@ -23,10 +25,12 @@ from sqlalchemy import func, select
 from bot.ledger import Ledger
 from storage.db import Database
 from storage.models import subscriptions
+from tests.fakes.twilio_api import SentSms
 from tests.harness import JANE, SECRET
 
 __all__ = [
     "OUT",
+    "Arrivals",
     "BackendUnavailable",
     "add_backend_option",
     "bench_database",
@@ -142,7 +146,49 @@ async def seed_subscribers(db: Database, n: int, *, campaign: str = JANE, channe
     async with db.read() as conn:
         count = (await conn.execute(select(func.count()).select_from(subscriptions))).scalar()
     assert count is not None and count >= n
+    await db.refresh_statistics("subscriptions")  # as a consent import does
     return addresses
+
+
+class Arrivals:
+    """Pass as ``FakeTwilio(on_accept=...)``: how many messages each of the ``n`` addresses of
+    :func:`numbers` received (one byte each, saturating at 255), and when the first and the
+    last accepted message arrived. Messages to any other address are counted in ``strays``."""
+
+    def __init__(self, n: int) -> None:
+        self.per_recipient = bytearray(n)
+        self.count = 0
+        self.strays = 0
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+
+    def __call__(self, sms: SentSms) -> None:
+        self.count += 1
+        if self.first_at is None:
+            self.first_at = sms.received_at
+        self.last_at = sms.received_at
+        i = int(sms.to[5:]) if sms.to.startswith("+4474") and sms.to[5:].isdigit() else -1
+        if 0 <= i < len(self.per_recipient):
+            self.per_recipient[i] = min(self.per_recipient[i] + 1, 255)
+        else:
+            self.strays += 1
+
+    def rate(self) -> float:
+        """Messages per second from the first to the last accepted one."""
+        if self.first_at is None or self.last_at is None or self.last_at <= self.first_at:
+            return float("nan")
+        return (self.count - 1) / (self.last_at - self.first_at)
+
+    def missing(self) -> int:
+        """Recipients that received nothing."""
+        return self.per_recipient.count(0)
+
+    def more_than_once(self) -> int:
+        """Recipients that received more than one message."""
+        return len(self.per_recipient) - self.per_recipient.count(0) - self.per_recipient.count(1)
+
+    def exactly_once(self) -> bool:
+        return self.missing() == 0 and self.more_than_once() == 0 and self.strays == 0
 
 
 def percentile(values: Sequence[float], p: float) -> float:

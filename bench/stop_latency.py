@@ -3,17 +3,27 @@ and the cancelling of that person's queued messages committed) while a broadcast
 out at full speed to the loopback Twilio fake, and with nothing else running as a baseline.
 
 The STOPs are sent open-loop, evenly spaced (each at its own time, whether or not earlier ones
-were answered), from the same process and event loop that runs the gateway and the fake.
+were answered). By default the gateway, the fake and the STOP client share one process and
+event loop; with ``--gateway-process`` the gateway is a real ``consentgate serve`` process and
+only the fake and the client run here, as in production, where the provider is elsewhere.
 
     .venv/bin/python -m bench.stop_latency [--n 20000] [--stops 300] [--backend sqlite|postgres]
+                                           [--gateway-process]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import tempfile
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from bench._common import (
     add_backend_option,
@@ -24,7 +34,8 @@ from bench._common import (
     seed_subscribers,
     write_report,
 )
-from tests.fakes.twilio_api import new_sid
+from storage.db import Database
+from tests.fakes.twilio_api import FakeTwilio, new_sid
 from tests.fakes.twilio_webhooks import inbound_sms_form, post_signed
 from tests.harness import (
     JANE,
@@ -32,27 +43,38 @@ from tests.harness import (
     JANE_NUMBER,
     JANE_SID,
     PUBLIC_URL,
-    Harness,
     running_gateway,
 )
+from tests.procs import Client, Launcher, free_port, write_config
 
 TEXT = "Polling day is Thursday 7 May. Find your polling station at https://example.org/where"
 RATE = 100_000.0
 PATH = f"/webhooks/twilio/{JANE}/sms"
 
 
-async def stop(h: Harness, address: str) -> tuple[float, float, int]:
+@dataclass
+class Target:
+    """A running gateway as the benchmark sees it: where to post, how to broadcast."""
+
+    session: aiohttp.ClientSession
+    url: str
+    fake: FakeTwilio
+    addresses: list[str]
+    client: Client
+
+
+async def stop(t: Target, address: str) -> tuple[float, float, int]:
     """Send one STOP; returns (latency s, monotonic time answered, HTTP status)."""
     form = inbound_sms_form(address, JANE_NUMBER, "STOP", new_sid(), account_sid=JANE_SID)
     started = time.monotonic()
-    async with await post_signed(h.session, h.url + PATH, form, JANE_AUTH,
+    async with await post_signed(t.session, t.url + PATH, form, JANE_AUTH,
                                  signature_url=PUBLIC_URL + PATH) as r:
         await r.read()
         answered = time.monotonic()
         return answered - started, answered, r.status
 
 
-async def stops_evenly(h: Harness, addresses: list[str], spacing: float,
+async def stops_evenly(t: Target, addresses: list[str], spacing: float,
                        ) -> list[tuple[str, float, float, int]]:
     """One STOP per address, one every ``spacing`` seconds (open loop)."""
     t0 = time.monotonic()
@@ -61,9 +83,37 @@ async def stops_evenly(h: Harness, addresses: list[str], spacing: float,
         delay = t0 + i * spacing - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(stop(h, address)))
+        tasks.append(asyncio.create_task(stop(t, address)))
     done = await asyncio.gather(*tasks)
     return [(a, lat, at, status) for a, (lat, at, status) in zip(addresses, done, strict=True)]
+
+
+@contextlib.asynccontextmanager
+async def in_process(backend: str, n: int) -> AsyncIterator[Target]:
+    async with bench_database(backend) as url, running_gateway(url, rate=RATE) as h:
+        addresses = await seed_subscribers(h.db, n)
+        port = int(h.url.rsplit(":", 1)[1])
+        yield Target(h.session, h.url, h.twilio, addresses, Client(h.session, port))
+
+
+@contextlib.asynccontextmanager
+async def gateway_process(backend: str, n: int) -> AsyncIterator[Target]:
+    async with bench_database(backend) as url:
+        db = Database(url, pool_size=2)
+        try:
+            await db.migrate()
+            addresses = await seed_subscribers(db, n)
+        finally:
+            await db.dispose()
+        with tempfile.TemporaryDirectory(prefix="consentgate-bench-") as tmp:
+            port = free_port()
+            async with (FakeTwilio(account_sid=JANE_SID, auth_token=JANE_AUTH) as fake,
+                        Launcher(Path(tmp)) as launch, aiohttp.ClientSession() as session):
+                config = write_config(Path(tmp) / "consentgate.toml", storage_url=url,
+                                      twilio_url=fake.base_url, port=port, rate=RATE)
+                await launch.serve(config, port, timeout=120)
+                client = Client(session, port)
+                yield Target(session, client.url, fake, addresses, client)
 
 
 def summary(results: list[tuple[str, float, float, int]]) -> dict[str, Any]:
@@ -76,30 +126,27 @@ def summary(results: list[tuple[str, float, float, int]]) -> dict[str, Any]:
 async def run(args: argparse.Namespace) -> None:
     configure_quiet_logging("stop_latency")
     k = args.stops
-    async with bench_database(args.backend) as url, running_gateway(url, rate=RATE) as h:
-        addresses = await seed_subscribers(h.db, args.n)
-        gw = h.gateway
+    running = gateway_process if args.gateway_process else in_process
+    async with running(args.backend, args.n) as t:
+        addresses, fake = t.addresses, t.fake
         # warm the webhook path (imports, connections, statement caches)
-        await stops_evenly(h, addresses[k:k + 20], 0.005)
+        await stops_evenly(t, addresses[k:k + 20], 0.005)
 
         spacing = args.spacing_ms / 1000
         # baseline: nothing else running
-        baseline = summary(await stops_evenly(h, addresses[:k], spacing))
+        baseline = summary(await stops_evenly(t, addresses[:k], spacing))
 
         # under load: a broadcast to everyone else, going out at full speed
         targets = addresses[-k:]
-        fake = h.twilio
         first = len(fake.messages)
-        created = await gw.broadcasts.create(
-            JANE, frozenset(gw.campaigns[JANE].channels()), "bench", "sms", TEXT)
-        gw.dispatcher.wake(JANE, "sms")
+        created = await t.client.broadcast(TEXT)
         eligible = created["audience"]["eligible"]
         await fake.wait_for(first + 1, timeout=30)
         await asyncio.sleep(1.0)
         sent = len(fake.messages) - first
         span = time.monotonic() - fake.messages[first].received_at
         rate = sent / span
-        loaded = await stops_evenly(h, targets, spacing)
+        loaded = await stops_evenly(t, targets, spacing)
         # Let the broadcast finish, then see which STOPs landed while it was still going.
         await fake.wait_for(first + eligible - k, timeout=args.timeout)
         await asyncio.sleep(0.5)
@@ -107,7 +154,7 @@ async def run(args: argparse.Namespace) -> None:
         during = [r for r in loaded if r[2] <= last]
         after_answer = sum(1 for a, _, at, _ in loaded for m in fake.sent_to(a)
                            if m.received_at > at)
-        view = await gw.broadcasts.view(JANE, created["id"])
+        view = await t.client.broadcast_view(created["id"])
     load = summary(during)
     goal = load["p99_ms"] < 50
     rows = [
@@ -128,7 +175,8 @@ async def run(args: argparse.Namespace) -> None:
         ("messages cancelled by STOPs", view["counts"]["cancelled"], f"of {k} STOP'd recipients"),
     ]
     write_report("stop_latency", {"backend": args.backend, "n": args.n, "stops": k,
-                                  "spacing_ms": args.spacing_ms, "rate_per_second": RATE},
+                                  "spacing_ms": args.spacing_ms, "rate_per_second": RATE,
+                                  "gateway_process": args.gateway_process},
                  rows, {"baseline": baseline, "broadcast": load, "counts": view["counts"]})
 
 
@@ -141,6 +189,9 @@ def main() -> int:
                              "a 20,000-message broadcast")
     parser.add_argument("--timeout", type=float, default=110.0,
                         help="give up on the broadcast after this many seconds")
+    parser.add_argument("--gateway-process", action="store_true",
+                        help="run the gateway as a consentgate serve process, apart from the "
+                             "fake and the client")
     add_backend_option(parser)
     return run_main(run, parser.parse_args())
 

@@ -53,11 +53,16 @@ def numbers(count: int, start: int = 0) -> list[str]:
     return [f"+4474001{i:05d}" for i in range(start, start + count)]
 
 
-def write_config(path: Path, *, db_path: Path, twilio_url: str, port: int,
-                 rate: float = 200.0, extra_policy: str = "",
-                 secret: str = SECRET) -> Path:
+def write_config(path: Path, *, db_path: Path | None = None, storage_url: str | None = None,
+                 twilio_url: str, port: int, rate: float = 200.0, extra_policy: str = "",
+                 secret: str = SECRET, pool_size: int = 10,
+                 lease_seconds: float | None = None) -> Path:
     """A complete config file for one campaign (Jane's, as in :mod:`tests.harness`) whose
-    SMS goes to the Twilio fake at ``twilio_url``."""
+    SMS goes to the Twilio fake at ``twilio_url``; its database is the SQLite file
+    ``db_path`` or any ``storage_url``."""
+    url = storage_url or f"sqlite+aiosqlite:///{db_path}"
+    dispatch = ("" if lease_seconds is None
+                else f"\n[dispatch]\nlease_seconds = {lease_seconds}\n")
     path.write_text(f"""
 [server]
 host = "127.0.0.1"
@@ -65,7 +70,8 @@ port = {port}
 public_url = "{PUBLIC_URL}"
 
 [storage]
-url = "sqlite+aiosqlite:///{db_path}"
+url = "{url}"
+pool_size = {pool_size}
 
 [security]
 secret_key = "{secret}"
@@ -88,7 +94,7 @@ auth_token = "{JANE_AUTH}"
 from_number = "{JANE_NUMBER}"
 api_base_url = "{twilio_url}"
 rate_per_second = {rate}
-""", encoding="utf-8")
+{dispatch}""", encoding="utf-8")
     return path
 
 

@@ -32,3 +32,31 @@ async def test_consent_send_stop_and_broadcast_on_postgres(pg_url: str) -> None:
                                 {"channel": "sms", "to": person, "text": "hello"},
                                 headers={"Idempotency-Key": "a"})
         assert again == sent
+
+
+async def test_a_large_consent_import_refreshes_the_planner_statistics(pg_url: str) -> None:
+    """Right after a bulk load PostgreSQL's planner knows nothing of the new rows and looked
+    people up at the gate through the audience index, slower with every row: the import
+    refreshes the statistics, and the gate's lookup then goes by address."""
+    from sqlalchemy import text
+
+    from bot.imports import ANALYZE_AFTER
+    from tests.procs import numbers
+
+    async with running_gateway(pg_url) as gw:
+        csv = "channel,address,method,source,evidence\n" + "".join(
+            f"sms,{a},import,street stall,form {i}\n"
+            for i, a in enumerate(numbers(ANALYZE_AFTER)))
+        status, body = await gw.api("POST", "/api/v1/consents/import", raw=csv,
+                                    headers={"Content-Type": "text/csv"})
+        assert status == 200 and body["imported"] == ANALYZE_AFTER, body
+        async with gw.db.read() as conn:
+            analysed = (await conn.execute(text(
+                "SELECT last_analyze FROM pg_stat_user_tables "
+                "WHERE relname = 'subscriptions'"))).scalar()
+            plan = "\n".join(r[0] for r in await conn.execute(text(
+                "EXPLAIN SELECT s.status FROM messages m LEFT JOIN subscriptions s "
+                "ON s.campaign = m.campaign AND s.channel = m.channel "
+                "AND s.address = m.address WHERE m.id IN (1, 2, 3)")))
+    assert analysed is not None
+    assert "uq_subscriptions_address" in plan, plan

@@ -5,6 +5,8 @@ client, over real sockets, from this process or another one. It answers as Twili
 (form-encoded requests, HTTP Basic auth, Twilio's JSON message and error shapes), records what
 it accepted and every request it saw, and has knobs for what Twilio does to a sender: latency,
 numbers that replied STOP (21610), invalid numbers (21211), and injected failures (429, 5xx).
+For runs of millions of messages, ``keep_history=False`` keeps only the count of accepted
+messages and hands each one to ``on_accept``, so its memory does not grow with the run.
 
     async with FakeTwilio() as fake:
         sms = TwilioSms(account_sid=fake.account_sid, auth_token=fake.auth_token,
@@ -24,6 +26,7 @@ import math
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -134,7 +137,13 @@ class FakeTwilio:
     invalid: set[str] = field(default_factory=set)
     #: further accounts served beside ``account_sid``: {account sid: auth token}
     credentials: dict[str, str] = field(default_factory=dict)
+    #: keep every accepted message in ``messages`` and every request in ``requests``
+    keep_history: bool = True
+    #: called with each accepted message, whether or not it is kept
+    on_accept: Callable[[SentSms], None] | None = None
 
+    #: how many messages it accepted since it started (kept or not)
+    accepted: int = field(default=0, init=False)
     messages: list[SentSms] = field(default_factory=list, init=False)
     requests: list[ApiRequest] = field(default_factory=list, init=False)
     base_url: str = field(default="", init=False)
@@ -199,7 +208,7 @@ class FakeTwilio:
         """Wait until at least ``count`` messages were accepted; raise ``TimeoutError``
         if that takes longer than ``timeout`` seconds."""
         async with asyncio.timeout(timeout), self._accepted:
-            await self._accepted.wait_for(lambda: len(self.messages) >= count)
+            await self._accepted.wait_for(lambda: self.accepted >= count)
         return list(self.messages)
 
     def sent_to(self, number: str) -> list[SentSms]:
@@ -217,7 +226,11 @@ class FakeTwilio:
         self._record(request, form, response.status, received_at)
         if accepted is not None:
             async with self._accepted:
-                self.messages.append(accepted)
+                self.accepted += 1
+                if self.keep_history:
+                    self.messages.append(accepted)
+                if self.on_accept is not None:
+                    self.on_accept(accepted)
                 self._accepted.notify_all()
         return response
 
@@ -283,6 +296,8 @@ class FakeTwilio:
     def _record(
         self, request: web.Request, form: dict[str, str], status: int, received_at: float
     ) -> None:
+        if not self.keep_history:
+            return
         peername = request.transport.get_extra_info("peername") if request.transport else None
         peer = f"{peername[0]}:{peername[1]}" if peername else ""
         self.requests.append(ApiRequest(
