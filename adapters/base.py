@@ -101,7 +101,7 @@ class Permit:
 
 def _seal(campaign: str, channel: str, address: str, message_id: str, issued_at: float) -> str:
     payload = "\x1f".join((campaign, channel, address, message_id, repr(issued_at)))
-    return hmac.new(_SEAL_KEY, payload.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(_SEAL_KEY, payload.encode(), hashlib.sha256).hex()
 
 
 def _issue_permit(campaign: str, channel: str, address: str, message_id: str) -> Permit:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
@@ -160,6 +160,7 @@ class TwilioSms:
         self._from_number = from_number
         self._messaging_service_sid = messaging_service_sid
         self._status_callback_url = status_callback_url
+        self._status_callback_prefix = _with_message_id(status_callback_url or "", "")
         self._http = _RebasedHttpClient(api_base_url, timeout)
         self._client = Client(account_sid, auth_token, http_client=self._http)
 
@@ -172,8 +173,8 @@ class TwilioSms:
         if self._messaging_service_sid:
             params["messaging_service_sid"] = self._messaging_service_sid
         if self._status_callback_url:
-            params["status_callback"] = _with_message_id(self._status_callback_url,
-                                                         message.message_id)
+            params["status_callback"] = self._status_callback_prefix + quote(
+                message.message_id, safe="")
         _retry_after_header.set(None)
         try:
             created = await self._client.messages.create_async(**params)
@@ -197,11 +198,13 @@ class TwilioSms:
 
 def _with_message_id(url: str, message_id: str) -> str:
     """``url`` with ``m=<message_id>`` added to its query, so a status callback names our
-    message even if we never recorded the sid Twilio gave it."""
+    message even if we never recorded the sid Twilio gave it. The id ends the URL (a
+    fragment is dropped: it never reaches a server), so ``_with_message_id(url, "")`` is a
+    prefix to append ids to."""
     parts = urlsplit(url)
     query = f"{parts.query}&" if parts.query else ""
     return urlunsplit((parts.scheme, parts.netloc, parts.path,
-                       query + urlencode({"m": message_id}), parts.fragment))
+                       query + urlencode({"m": message_id}), ""))
 
 
 def _send_error(

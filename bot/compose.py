@@ -7,6 +7,7 @@ a broadcast's text is stored once and every recipient gets their own unsubscribe
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,7 +40,9 @@ _env = Environment(
 )
 
 
+@functools.lru_cache(maxsize=256)
 def says_how_to_opt_out(text: str) -> bool:
+    """Cached: a broadcast asks this of one text for every recipient."""
     return bool(_OPT_OUT_HINT.search(text))
 
 

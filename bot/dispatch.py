@@ -5,7 +5,11 @@ second (bounded memory however large the queue), waits for the sender's turn and
 connection of its adapter (``max_concurrency``), takes the messages whose turn has come to
 the gate, and hands each admitted message to its adapter at once: a permit never waits in a
 queue, not even an adapter's connection pool, so the window in which an opt-out cannot stop
-a message is one provider call. Results are written by a recorder in small batches.
+a message is one provider call.
+
+Results are written in the same transaction as the next gate admission, so a busy lane
+commits once per batch rather than twice; whatever no admission has carried within
+:data:`RECORD_DELAY` (the end of a broadcast, a quiet lane) is written by the recorder.
 """
 
 from __future__ import annotations
@@ -14,14 +18,15 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters.base import (
+    CHANNELS,
     ChannelAdapter,
     Permit,
     PermitError,
@@ -46,6 +51,10 @@ _log = structlog.get_logger("consentgate.dispatch")
 
 #: The most messages one lane leases in one claim.
 MAX_CLAIM = 1000
+#: The most results one transaction records.
+RECORD_BATCH = 500
+#: How long the recorder leaves results for a gate admission to carry (seconds).
+RECORD_DELAY = 0.25
 
 
 @dataclass(frozen=True)
@@ -114,9 +123,12 @@ class Dispatcher:
                                                             for k in self.adapters}
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._results: asyncio.Queue[_Result] = asyncio.Queue()
-        self._recorded = asyncio.Event()
-        self.on_idle: Callable[[], Awaitable[None]] | None = None
+        # Results not yet written: ``_done`` for an admission to carry, ``_recorder_only``
+        # for those an admission failed to write (so one bad result cannot stop the lanes).
+        self._done: deque[_Result] = deque()
+        self._recorder_only: deque[_Result] = deque()
+        self._have_results = asyncio.Event()
+        self._call_seconds = {ch: metrics.send_seconds.labels(ch) for ch in CHANNELS}
 
     def wake(self, campaign: str | None = None, channel: str | None = None) -> None:
         """New work was queued: lanes stop waiting for the next poll."""
@@ -143,55 +155,84 @@ class Dispatcher:
             reaper.cancel()
             if self._in_flight:
                 await asyncio.wait(set(self._in_flight), timeout=8.0)
-            await self._results.join()
             recorder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await recorder
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
+            await self._record_leftovers()
             async with self.db.write(bulk=True) as conn:
                 await outbox.release_leases(conn, self.worker_id)
 
     async def _lane(self, key: tuple[str, str], adapter: ChannelAdapter) -> None:
-        campaign, channel = key
         pacer = self._pacers[adapter.sender_key]
         wake = self._wake[key]
         # A fast sender's second is capped: one claim holds the write lock (SQLite) for as
         # long as it takes to lease its rows, and a STOP may be waiting behind it.
         want = max(1, min(int(adapter.rate_per_second * self.lookahead), MAX_CLAIM))
-        while not self._stopping.is_set():
-            wake.clear()
-            try:
-                async with self.db.write(bulk=True) as conn:
-                    claimed = await outbox.claim(
-                        conn, worker=self.worker_id, campaign=campaign, channel=channel,
-                        limit=want, lease_seconds=self.lease_seconds)
-            except Exception:
-                _log.exception("dispatch.claim_failed", campaign=campaign, channel=channel)
-                claimed = []
-            if not claimed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self.poll_interval)
-                continue
-            pending = deque(claimed)
-            while pending and not self._stopping.is_set():
-                n = await pacer.take(len(pending))
-                # Only as many go to the gate as can go on the wire at once (see _take_slots);
-                # turns the slots do not cover go back to the sender's budget.
-                got = await self._take_slots(key, n)
-                pacer.give_back(n - got)
-                n = got
-                batch = [pending.popleft() for _ in range(n)]
-                try:
-                    used = await self._admit_and_send(batch)
-                except Exception:
-                    _log.exception("dispatch.admit_failed", campaign=campaign, channel=channel)
-                    used = 0
-                    self._free_slots(key, len(batch))
-                pacer.give_back(n - used)
-            if pending:
-                async with self.db.write(bulk=True) as conn:
-                    await outbox.release_leases(conn, self.worker_id, [c.id for c in pending])
+        prefetch: asyncio.Task[list[Claimed]] | None = None
+        try:
+            while not self._stopping.is_set():
+                wake.clear()
+                if prefetch is not None:
+                    claimed, prefetch = await prefetch, None
+                else:
+                    claimed = await self._claim(key, want, ask_first=True)
+                if not claimed:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), self.poll_interval)
+                    continue
+                pending = deque(claimed)
+                while pending and not self._stopping.is_set():
+                    if prefetch is None and len(claimed) == want and len(pending) <= want // 2:
+                        # A full claim: there is likely more. Lease it while this claim's
+                        # last messages go, so the sender never waits for a claim.
+                        prefetch = asyncio.create_task(self._claim(key, want, ask_first=False))
+                    await self._send_some(key, pacer, pending)
+                if pending:
+                    async with self.db.write(bulk=True) as conn:
+                        await outbox.release_leases(conn, self.worker_id,
+                                                    [c.id for c in pending])
+        finally:
+            if prefetch is not None:  # its leases are released with the worker's at the end
+                prefetch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await prefetch
+
+    async def _claim(self, key: tuple[str, str], want: int, *, ask_first: bool) -> list[Claimed]:
+        """Lease up to ``want`` due messages; ``ask_first`` looks in a read transaction
+        before taking the write lock, as an idle lane's poll mostly finds nothing."""
+        campaign, channel = key
+        try:
+            if ask_first:
+                async with self.db.read() as conn:
+                    if not await outbox.has_due(conn, campaign=campaign, channel=channel):
+                        return []
+            async with self.db.write(bulk=True) as conn:
+                return await outbox.claim(
+                    conn, worker=self.worker_id, campaign=campaign, channel=channel,
+                    limit=want, lease_seconds=self.lease_seconds)
+        except Exception:
+            _log.exception("dispatch.claim_failed", campaign=campaign, channel=channel)
+            return []
+
+    async def _send_some(self, key: tuple[str, str], pacer: SendBudget,
+                         pending: deque[Claimed]) -> None:
+        """Take the next messages of ``pending`` whose turn has come to the gate and send
+        those it admits."""
+        n = await pacer.take(len(pending))
+        # Only as many go to the gate as can go on the wire at once (see _take_slots);
+        # turns the slots do not cover go back to the sender's budget.
+        got = await self._take_slots(key, n)
+        pacer.give_back(n - got)
+        batch = [pending.popleft() for _ in range(got)]
+        try:
+            used = await self._admit_and_send(batch)
+        except Exception:
+            _log.exception("dispatch.admit_failed", campaign=key[0], channel=key[1])
+            used = 0
+            self._free_slots(key, len(batch))
+        pacer.give_back(got - used)
 
     async def _take_slots(self, key: tuple[str, str], wanted: int) -> int:
         """Hold a send slot of the lane's adapter and of the dispatcher for each of 1 ..
@@ -226,8 +267,18 @@ class Dispatcher:
                 capacity.release()
 
     async def _admit_and_send(self, batch: list[Claimed]) -> int:
-        async with self.db.write(bulk=True) as conn:
-            admission = await self.gate.admit(conn, self.worker_id, batch, self.lease_seconds)
+        results = self._take_results(self._done)
+        try:
+            async with self.db.write(bulk=True) as conn:
+                # Earlier sends' results first: a provider's opt-out is then on record
+                # before this batch is decided.
+                await self._record(conn, results)
+                admission = await self.gate.admit(conn, self.worker_id, batch,
+                                                  self.lease_seconds)
+        except BaseException:
+            self._recorder_only.extend(results)
+            self._have_results.set()
+            raise
         permitted_ids = {c.id for c, _ in admission.permitted}
         for c in batch:
             if c.id not in permitted_ids:
@@ -241,6 +292,7 @@ class Dispatcher:
             task = asyncio.create_task(self._send(c, permit))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
+        self._recorded(results)  # after the sends have started: log lines can wait
         return len(admission.permitted)
 
     async def _send(self, c: Claimed, permit: Permit) -> None:
@@ -249,54 +301,85 @@ class Dispatcher:
             message = self.composer.compose(c)
             started = time.monotonic()
             result = await adapter.send(message, permit)
-            self.metrics.send_seconds.labels(c.channel).observe(time.monotonic() - started)
-            await self._results.put(_Result(c, provider_id=result.provider_id))
+            self._call_seconds[c.channel].observe(time.monotonic() - started)
+            self._finished(_Result(c, provider_id=result.provider_id))
         except SendError as exc:
-            await self._results.put(_Result(c, error=exc))
+            self._finished(_Result(c, error=exc))
         except PermitError as exc:
             _log.error("dispatch.permit_refused", campaign=c.campaign, channel=c.channel,
                        message_id=c.id, reason=str(exc))
-            await self._results.put(_Result(c, error=SendError("permit_refused", str(exc))))
+            self._finished(_Result(c, error=SendError("permit_refused", str(exc))))
         except Exception as exc:  # an adapter bug must not leave the row stuck in sending
             _log.exception("dispatch.adapter_error", campaign=c.campaign, channel=c.channel,
                            message_id=c.id)
-            await self._results.put(_Result(c, error=RetryableSendError("adapter_error",
-                                                                        repr(exc))))
+            self._finished(_Result(c, error=RetryableSendError("adapter_error", repr(exc))))
         finally:
             # After adapter.send has returned, so the adapter has let go of its connection.
             self._free_slots((c.campaign, c.channel))
 
+    def _finished(self, result: _Result) -> None:
+        self._done.append(result)
+        self._have_results.set()
+
+    def _take_results(self, source: deque[_Result], most: int | None = None) -> list[_Result]:
+        n = min(len(source), RECORD_BATCH, RECORD_BATCH if most is None else most)
+        batch = [source.popleft() for _ in range(n)]
+        if not self._done and not self._recorder_only:
+            self._have_results.clear()
+        return batch
+
     async def _record_loop(self) -> None:
         while True:
-            first = await self._results.get()
-            batch = [first]
-            while not self._results.empty() and len(batch) < 500:
-                batch.append(self._results.get_nowait())
-            try:
-                await self._record(batch)
-            except Exception:
-                _log.exception("dispatch.record_failed", count=len(batch))
-            finally:
-                for _ in batch:
-                    self._results.task_done()
-                self._recorded.set()
+            await self._have_results.wait()
+            # A busy lane's next admission carries these; give it the chance.
+            await asyncio.sleep(RECORD_DELAY)
+            # What is here now, not what arrives while writing it: that is for the lanes.
+            await self._record_leftovers(len(self._recorder_only) + len(self._done))
 
-    async def _record(self, batch: list[_Result]) -> None:
-        async with self.db.write(bulk=True) as conn:
-            sent = [(r.claimed.id, r.provider_id) for r in batch if r.error is None]
-            await outbox.mark_sent(conn, sent)
-            for r in batch:
-                if r.error is not None:
-                    await self._record_error(conn, r.claimed, r.error)
-            for broadcast_id in sorted({r.claimed.broadcast_id for r in batch if r.error
-                                        is not None and r.claimed.broadcast_id is not None}):
-                if await pause_if_failing(conn, broadcast_id):
-                    _log.warning("broadcast.paused", broadcast_id=broadcast_id,
-                                 reason="too_many_failures")
+    async def _record_leftovers(self, most: int | None = None) -> None:
+        """Write results not yet written (``most`` of them, or all), in transactions of
+        their own."""
+        for source in (self._recorder_only, self._done):
+            while source and (most is None or most > 0):
+                batch = self._take_results(source, most)
+                if most is not None:
+                    most -= len(batch)
+                try:
+                    async with self.db.write(bulk=True) as conn:
+                        await self._record(conn, batch)
+                except asyncio.CancelledError:
+                    source.extendleft(reversed(batch))  # not written: still to do
+                    self._have_results.set()
+                    raise
+                except Exception:
+                    # Left ``sending``: the reaper fails them as interrupted, never resent.
+                    _log.exception("dispatch.record_failed", count=len(batch))
+                else:
+                    self._recorded(batch)
+
+    async def _record(self, conn: AsyncConnection, batch: list[_Result]) -> None:
+        """Write ``batch``'s outcomes in the caller's transaction."""
+        if not batch:
+            return
+        sent = [(r.claimed.id, r.provider_id) for r in batch if r.error is None]
+        await outbox.mark_sent(conn, sent)
+        for r in batch:
+            if r.error is not None:
+                await self._record_error(conn, r.claimed, r.error)
+        for broadcast_id in sorted({r.claimed.broadcast_id for r in batch if r.error
+                                    is not None and r.claimed.broadcast_id is not None}):
+            if await pause_if_failing(conn, broadcast_id):
+                _log.warning("broadcast.paused", broadcast_id=broadcast_id,
+                             reason="too_many_failures")
+
+    def _recorded(self, batch: list[_Result]) -> None:
+        """Metrics and log lines of a committed batch's sends."""
+        sent = Counter(r.claimed.channel for r in batch if r.error is None)
+        for channel, n in sent.items():
+            self.metrics.messages.labels(channel, "sent").inc(n)
         for r in batch:
             c = r.claimed
             if r.error is None:
-                self.metrics.messages.labels(c.channel, "sent").inc()
                 _log.info("message.sent", campaign=c.campaign, channel=c.channel,
                           message_id=c.id, provider_id=r.provider_id, to=mask(c.address))
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters.base import Permit, _issue_permit
@@ -108,7 +108,7 @@ class ConsentGate:
             .select_from(m.outerjoin(s, and_(s.c.campaign == m.c.campaign,
                                              s.c.channel == m.c.channel,
                                              s.c.address == m.c.address)))
-            .where(m.c.id.in_(list(by_id)))
+            .where(m.c.id.in_(bindparam("ids", expanding=True)))
             .order_by(m.c.id)
         )
         if conn.dialect.name == "postgresql":
@@ -116,7 +116,7 @@ class ConsentGate:
             # waited may have been taken by another worker, whose claim commits between our
             # read and our update; the lock makes us read its lease_owner and leave them.
             query = query.with_for_update(of=m)
-        rows = await conn.execute(query)
+        rows = await conn.execute(query, {"ids": list(by_id)})
         now = time.time()
         # One clock reading for the batch: every campaign message in it is held or not alike.
         resume = next_send_time(datetime.fromtimestamp(now, UTC), self.quiet_hours,
@@ -147,9 +147,10 @@ class ConsentGate:
                 out.refused.append((claimed, decision.reason))
         if allowed:
             await conn.execute(
-                update(m).where(m.c.id.in_(allowed))
+                update(m).where(m.c.id.in_(bindparam("ids", expanding=True)))
                 .values(status="sending", attempts=m.c.attempts + 1, updated_at=now,
-                        dispatched_at=now, lease_expires=now + lease_seconds))
+                        dispatched_at=now, lease_expires=now + lease_seconds),
+                {"ids": allowed})
             for message_id in allowed:
                 c = by_id[message_id]
                 out.permitted.append(

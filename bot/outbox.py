@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import Select, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.models import broadcasts, messages
@@ -79,6 +79,24 @@ async def enqueue(
     return int(result.scalar_one())
 
 
+def _due(campaign: str, channel: str, now: float) -> Select[tuple[int]]:
+    return (
+        select(messages.c.id)
+        .where(messages.c.campaign == campaign, messages.c.channel == channel,
+               messages.c.status == "queued", messages.c.not_before <= now,
+               or_(messages.c.lease_expires.is_(None), messages.c.lease_expires < now))
+        .order_by(messages.c.not_before, messages.c.id)
+    )
+
+
+async def has_due(conn: AsyncConnection, *, campaign: str, channel: str,
+                  now: float | None = None) -> bool:
+    """Whether a claim would find anything, asked in a read transaction: an idle lane
+    polling with a write transaction would hold SQLite's write lock for nothing."""
+    now = time.time() if now is None else now
+    return (await conn.execute(_due(campaign, channel, now).limit(1))).first() is not None
+
+
 async def claim(
     conn: AsyncConnection, *, worker: str, campaign: str, channel: str, limit: int,
     lease_seconds: float, now: float | None = None,
@@ -86,14 +104,7 @@ async def claim(
     """Lease up to ``limit`` due messages of one campaign and channel, oldest first.
     A lease only reserves the row: the gate still decides, later, whether it is sent."""
     now = time.time() if now is None else now
-    due = (
-        select(messages.c.id)
-        .where(messages.c.campaign == campaign, messages.c.channel == channel,
-               messages.c.status == "queued", messages.c.not_before <= now,
-               or_(messages.c.lease_expires.is_(None), messages.c.lease_expires < now))
-        .order_by(messages.c.not_before, messages.c.id)
-        .limit(limit)
-    )
+    due = _due(campaign, channel, now).limit(limit)
     if conn.dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
     rows = (

@@ -10,6 +10,7 @@ import pytest
 
 from tests.dbutil import counts, rows
 from tests.harness import BOB_TOKEN, JANE_AUDITOR, Harness
+from tests.procs import eventually
 
 NUMBER = "+447911123456"
 
@@ -186,8 +187,10 @@ async def test_an_idempotency_key_sends_once(gw: Harness) -> None:
     assert (status, other["code"]) == (422, "idempotency_key_reused")
     assert len(await rows(gw.db, "messages")) == 1
     # Dispatched once: only one SMS ever reaches the provider for that key.
-    status, view = await gw.api("GET", f"/api/v1/messages/{answers[0][1]['id']}")
-    assert view["status"] == "sent"
+    async def sent() -> bool:
+        _, view = await gw.api("GET", f"/api/v1/messages/{answers[0][1]['id']}")
+        return bool(view["status"] == "sent")
+    await eventually(sent, what="message recorded as sent")
     assert len(gw.twilio.sent_to(NUMBER)) == 1
 
 
