@@ -8,12 +8,14 @@ that commits after it finds the row already on its way (the single-provider-call
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import Select, and_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters.base import Permit, _issue_permit
@@ -100,23 +102,7 @@ class ConsentGate:
         if not batch:
             return out
         by_id = {c.id: c for c in batch}
-        m, s = messages, subscriptions
-        query = (
-            select(m.c.id, m.c.status, m.c.lease_owner, s.c.status.label("sub_status"),
-                   s.c.restricted, suppressed_clause(m.c.channel, m.c.address_hash,
-                                                     s.c.consented_at).label("suppressed"))
-            .select_from(m.outerjoin(s, and_(s.c.campaign == m.c.campaign,
-                                             s.c.channel == m.c.channel,
-                                             s.c.address == m.c.address)))
-            .where(m.c.id.in_(bindparam("ids", expanding=True)))
-            .order_by(m.c.id)
-        )
-        if conn.dialect.name == "postgresql":
-            # Lock the rows until this transaction ends: a lease that expired while they
-            # waited may have been taken by another worker, whose claim commits between our
-            # read and our update; the lock makes us read its lease_owner and leave them.
-            query = query.with_for_update(of=m)
-        rows = await conn.execute(query, {"ids": list(by_id)})
+        rows = await conn.execute(_state_of(conn.dialect.name), {"ids": list(by_id)})
         now = time.time()
         # One clock reading for the batch: every campaign message in it is held or not alike.
         resume = next_send_time(datetime.fromtimestamp(now, UTC), self.quiet_hours,
@@ -128,10 +114,7 @@ class ConsentGate:
                 continue  # cancelled (opt-out, broadcast cancel) since it was claimed
             if claimed.kind == "campaign":
                 if resume is not None:
-                    await conn.execute(
-                        update(m).where(m.c.id == row.id)
-                        .values(not_before=resume.timestamp(), lease_owner=None,
-                                lease_expires=None))
+                    await conn.execute(_DELAY, {"m_id": row.id, "m_at": resume.timestamp()})
                     out.delayed.append(claimed)
                     continue
             status = Status(row.sub_status) if row.sub_status else Status.UNKNOWN
@@ -146,18 +129,54 @@ class ConsentGate:
                 assert decision.reason is not None
                 out.refused.append((claimed, decision.reason))
         if allowed:
-            await conn.execute(
-                update(m).where(m.c.id.in_(bindparam("ids", expanding=True)))
-                .values(status="sending", attempts=m.c.attempts + 1, updated_at=now,
-                        dispatched_at=now, lease_expires=now + lease_seconds),
-                {"ids": allowed})
+            await conn.execute(_ADMIT, {"ids": allowed, "m_now": now,
+                                        "m_expires": now + lease_seconds})
             for message_id in allowed:
                 c = by_id[message_id]
                 out.permitted.append(
                     (c, _issue_permit(c.campaign, c.channel, c.address, str(c.id))))
         for c, reason in out.refused:
-            await conn.execute(
-                update(m).where(m.c.id == c.id)
-                .values(status="blocked", reason=reason.value, updated_at=now,
-                        lease_owner=None, lease_expires=None))
+            await conn.execute(_BLOCK, {"m_id": c.id, "m_reason": reason.value, "m_now": now})
         return out
+
+
+# The admission's statements, built once: building and keying a statement for the
+# compiled-statement cache costs more per batch than running it.
+
+@functools.cache
+def _state_of(dialect: str) -> Select[Any]:
+    """Each claimed message's row and its recipient's consent and suppression state."""
+    m, s = messages, subscriptions
+    query = (
+        select(m.c.id, m.c.status, m.c.lease_owner, s.c.status.label("sub_status"),
+               s.c.restricted, suppressed_clause(m.c.channel, m.c.address_hash,
+                                                 s.c.consented_at).label("suppressed"))
+        .select_from(m.outerjoin(s, and_(s.c.campaign == m.c.campaign,
+                                         s.c.channel == m.c.channel,
+                                         s.c.address == m.c.address)))
+        .where(m.c.id.in_(bindparam("ids", expanding=True)))
+        .order_by(m.c.id)
+    )
+    if dialect == "postgresql":
+        # Lock the rows until this transaction ends: a lease that expired while they
+        # waited may have been taken by another worker, whose claim commits between our
+        # read and our update; the lock makes us read its lease_owner and leave them.
+        query = query.with_for_update(of=m)
+    return query
+
+
+_ADMIT = (
+    update(messages).where(messages.c.id.in_(bindparam("ids", expanding=True)))
+    .values(status="sending", attempts=messages.c.attempts + 1,
+            updated_at=bindparam("m_now"), dispatched_at=bindparam("m_now"),
+            lease_expires=bindparam("m_expires"))
+)
+_BLOCK = (
+    update(messages).where(messages.c.id == bindparam("m_id"))
+    .values(status="blocked", reason=bindparam("m_reason"), updated_at=bindparam("m_now"),
+            lease_owner=None, lease_expires=None)
+)
+_DELAY = (
+    update(messages).where(messages.c.id == bindparam("m_id"))
+    .values(not_before=bindparam("m_at"), lease_owner=None, lease_expires=None)
+)

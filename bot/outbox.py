@@ -11,12 +11,13 @@ it to ``sent`` / ``delivered``).
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Select, and_, bindparam, func, or_, select, update
+from sqlalchemy import Integer, Update, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.models import broadcasts, messages
@@ -79,13 +80,34 @@ async def enqueue(
     return int(result.scalar_one())
 
 
-def _due(campaign: str, channel: str, now: float) -> Select[tuple[int]]:
+# The dispatcher's statements are built once, with parameters: every lane runs them many
+# times a second, and building and keying a statement costs more than running it.
+
+_DUE = (
+    select(messages.c.id)
+    .where(messages.c.campaign == bindparam("d_campaign"),
+           messages.c.channel == bindparam("d_channel"),
+           messages.c.status == "queued", messages.c.not_before <= bindparam("d_now"),
+           or_(messages.c.lease_expires.is_(None),
+               messages.c.lease_expires < bindparam("d_now")))
+    .order_by(messages.c.not_before, messages.c.id)
+)
+_ANY_DUE = _DUE.limit(1)
+
+
+@functools.cache
+def _claim_statement(dialect: str) -> Update:
+    due = _DUE.limit(bindparam("d_limit", type_=Integer))
+    if dialect == "postgresql":
+        due = due.with_for_update(skip_locked=True)
     return (
-        select(messages.c.id)
-        .where(messages.c.campaign == campaign, messages.c.channel == channel,
-               messages.c.status == "queued", messages.c.not_before <= now,
-               or_(messages.c.lease_expires.is_(None), messages.c.lease_expires < now))
-        .order_by(messages.c.not_before, messages.c.id)
+        update(messages)
+        .where(messages.c.id.in_(due.scalar_subquery()))
+        .values(lease_owner=bindparam("d_worker"), lease_expires=bindparam("d_expires"))
+        .returning(messages.c.id, messages.c.campaign, messages.c.channel,
+                   messages.c.address, messages.c.address_hash, messages.c.kind,
+                   messages.c.text, messages.c.subject, messages.c.broadcast_id,
+                   messages.c.attempts)
     )
 
 
@@ -94,7 +116,8 @@ async def has_due(conn: AsyncConnection, *, campaign: str, channel: str,
     """Whether a claim would find anything, asked in a read transaction: an idle lane
     polling with a write transaction would hold SQLite's write lock for nothing."""
     now = time.time() if now is None else now
-    return (await conn.execute(_due(campaign, channel, now).limit(1))).first() is not None
+    params = {"d_campaign": campaign, "d_channel": channel, "d_now": now}
+    return (await conn.execute(_ANY_DUE, params)).first() is not None
 
 
 async def claim(
@@ -104,19 +127,10 @@ async def claim(
     """Lease up to ``limit`` due messages of one campaign and channel, oldest first.
     A lease only reserves the row: the gate still decides, later, whether it is sent."""
     now = time.time() if now is None else now
-    due = _due(campaign, channel, now).limit(limit)
-    if conn.dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
     rows = (
-        await conn.execute(
-            update(messages)
-            .where(messages.c.id.in_(due.scalar_subquery()))
-            .values(lease_owner=worker, lease_expires=now + lease_seconds)
-            .returning(messages.c.id, messages.c.campaign, messages.c.channel,
-                       messages.c.address, messages.c.address_hash, messages.c.kind,
-                       messages.c.text, messages.c.subject, messages.c.broadcast_id,
-                       messages.c.attempts)
-        )
+        await conn.execute(_claim_statement(conn.dialect.name), {
+            "d_campaign": campaign, "d_channel": channel, "d_now": now, "d_limit": limit,
+            "d_worker": worker, "d_expires": now + lease_seconds})
     ).all()
     texts = await _broadcast_texts(conn, {r.broadcast_id for r in rows if r.text is None})
     claimed = [
@@ -165,13 +179,15 @@ async def mark_sent(conn: AsyncConnection, sent: Iterable[tuple[int, str | None]
         return
     now = time.time()
     # One executemany for the whole batch: a statement per row costs more than the send.
-    await conn.execute(
-        update(messages)
-        .where(messages.c.id == bindparam("m_id"), messages.c.status == "sending")
-        .values(status="sent", provider_id=bindparam("m_provider_id"), sent_at=now,
-                updated_at=now, lease_owner=None, lease_expires=None),
-        rows,
-    )
+    await conn.execute(_MARK_SENT, [{**row, "m_now": now} for row in rows])
+
+
+_MARK_SENT = (
+    update(messages)
+    .where(messages.c.id == bindparam("m_id"), messages.c.status == "sending")
+    .values(status="sent", provider_id=bindparam("m_provider_id"), sent_at=bindparam("m_now"),
+            updated_at=bindparam("m_now"), lease_owner=None, lease_expires=None)
+)
 
 
 def backoff(attempts: int, retry_after: float | None = None, base: float = 1.0) -> float:

@@ -94,7 +94,7 @@ class Database:
         if self.is_sqlite:
             self.engine: AsyncEngine = create_async_engine(
                 url, echo=echo, connect_args={"timeout": 30}, pool_size=pool_size,
-                max_overflow=pool_size,
+                max_overflow=pool_size, pool_reset_on_return=None,  # see _on_reset
             )
             _install_sqlite_hooks(self.engine)
             self.turns: WriteTurns | None = WriteTurns()
@@ -193,10 +193,19 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        if conn.get_execution_options().get("consentgate_readonly"):
-            conn.exec_driver_sql("BEGIN")
-        else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        sql = ("BEGIN" if conn.get_execution_options().get("consentgate_readonly")
+               else "BEGIN IMMEDIATE")
+        # Straight to the driver: one round trip to its thread, not three (cursor, execute,
+        # close), and the event loop waits for every one while a broadcast keeps it busy.
+        conn.connection.dbapi_connection.run_async(lambda driver: driver.execute(sql))
+
+    @event.listens_for(sync_engine.pool, "reset")
+    def _on_reset(dbapi_conn: Any, _record: Any, state: Any) -> None:
+        # In place of the pool's own reset (``pool_reset_on_return=None``), which rolls back
+        # every connection it takes back even when its transaction has just committed.
+        if (state.asyncio_safe and not state.terminate_only
+                and dbapi_conn.driver_connection.in_transaction):
+            dbapi_conn.rollback()
 
 
 def _upgrade(sync_conn: Any) -> None:

@@ -130,6 +130,32 @@ async def test_an_urgent_write_transaction_waits_for_one_bulk_transaction_only(
     assert order == ["first", "stop", "bulk0", "bulk1", "bulk2"]
 
 
+async def test_a_connection_given_back_inside_a_transaction_is_rolled_back(
+        sqlite_url: str) -> None:
+    """The pool does not roll back every connection it takes back (only one still in a
+    transaction): one given back with its transaction open must not keep the write lock."""
+    db = Database(sqlite_url)
+    await db.migrate()
+    try:
+        async with db.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            await raw.driver_connection.execute("BEGIN IMMEDIATE")
+            await raw.driver_connection.execute("UPDATE campaigns SET name = name")
+            assert raw.driver_connection.in_transaction
+        # Another process's connection: it gets the write lock at once, or fails at once.
+        path = sqlite_url.split("///", 1)[1]
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        async with db.write() as conn:  # and the pooled connection is usable again
+            await conn.execute(text("UPDATE campaigns SET name = name"))
+    finally:
+        await db.dispose()
+
+
 # -- the schema ---------------------------------------------------------------------------
 
 
