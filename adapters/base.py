@@ -101,7 +101,9 @@ class Permit:
 
 def _seal(campaign: str, channel: str, address: str, message_id: str, issued_at: float) -> str:
     payload = "\x1f".join((campaign, channel, address, message_id, repr(issued_at)))
-    return hmac.digest(_SEAL_KEY, payload.encode(), hashlib.sha256).hex()
+    # Keyed BLAKE2b is a MAC in its own right, and a fifth of the cost of HMAC-SHA256 here:
+    # two seals per message, hundreds of messages a second.
+    return hashlib.blake2b(payload.encode(), key=_SEAL_KEY, digest_size=32).hexdigest()
 
 
 def _issue_permit(campaign: str, channel: str, address: str, message_id: str) -> Permit:

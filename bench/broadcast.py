@@ -24,6 +24,7 @@ from bench._common import (
     seed_subscribers,
     write_report,
 )
+from bot.runtime import tune_garbage_collector
 from tests.harness import JANE, running_gateway
 
 TEXT = "Polling day is Thursday 7 May. Find your polling station at https://example.org/where"
@@ -45,6 +46,7 @@ async def run(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         await seed_subscribers(h.db, n)
         seeded = time.perf_counter() - started
+        tune_garbage_collector()  # as serve does
         rss_before = peak_rss_mb()
         phased = reset_peak_rss()
 

@@ -52,6 +52,7 @@ from bench._common import (
     write_report,
 )
 from bot.dispatch import Dispatcher
+from bot.runtime import tune_garbage_collector
 from storage.db import Database
 from tests.fakes.twilio_api import FakeTwilio
 from tests.harness import (
@@ -179,6 +180,7 @@ async def run(args: argparse.Namespace) -> None:
     async with bench_database(args.backend) as url, \
             running_gateway(url, rate=RATE) as h:
         addresses = await seed_subscribers(h.db, args.n)
+        tune_garbage_collector()  # as serve does; the bare clients share the process
         # warm both paths (connections, imports, caches) on a few messages
         await bare_client(h.twilio, numbers(200, 9_000_000), concurrency)
         await bare_twilio(h.twilio, numbers(200, 9_100_000), concurrency)

@@ -39,6 +39,7 @@ from bench._common import (
     write_report,
 )
 from bot.ledger import Ledger
+from bot.runtime import tune_garbage_collector
 from storage.db import Database
 from storage.models import subscriptions
 from tests.fakes.smtp_server import SmtpSink
@@ -209,6 +210,7 @@ async def run(args: argparse.Namespace) -> None:
             running_gateway(url, jane_email=email_section(sink, args.connections)) as h:
         emails = addresses(args.n)
         await seed_email_subscribers(h.db, emails)
+        tune_garbage_collector()  # as serve does; the bare sender shares the process
         await bare_sender(sink, addresses(200, 9_000_000), args.connections)  # warm up
         for _ in range(args.rounds):
             bares.append(await bare_sender(sink, emails, args.connections))

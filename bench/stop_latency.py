@@ -34,6 +34,7 @@ from bench._common import (
     seed_subscribers,
     write_report,
 )
+from bot.runtime import tune_garbage_collector
 from storage.db import Database
 from tests.fakes.twilio_api import FakeTwilio, new_sid
 from tests.fakes.twilio_webhooks import inbound_sms_form, post_signed
@@ -92,6 +93,7 @@ async def stops_evenly(t: Target, addresses: list[str], spacing: float,
 async def in_process(backend: str, n: int) -> AsyncIterator[Target]:
     async with bench_database(backend) as url, running_gateway(url, rate=RATE) as h:
         addresses = await seed_subscribers(h.db, n)
+        tune_garbage_collector()  # as serve does
         port = int(h.url.rsplit(":", 1)[1])
         yield Target(h.session, h.url, h.twilio, addresses, Client(h.session, port))
 
