@@ -43,7 +43,7 @@ from bot.runtime import tune_garbage_collector
 from storage.db import Database
 from storage.models import subscriptions
 from tests.fakes.smtp_server import SmtpSink
-from tests.harness import JANE, SECRET, running_gateway
+from tests.harness import JANE, SECRET, running_gateway, smtp_section
 
 TEXT = ("Polling day is Thursday 7 May. Polls are open from 7am to 10pm.\n\n"
         "Find your polling station at https://example.org/where and bring photo ID.")
@@ -138,19 +138,8 @@ async def gateway_broadcast(h: Any, sink: TimedSink, n: int, within: float) -> d
 
 
 def email_section(sink: SmtpSink, connections: int) -> str:
-    return f"""provider = "smtp"
-host = "127.0.0.1"
-port = {sink.port}
-starttls = false
-from_address = "{FROM}"
-rate_per_second = {RATE}
-max_connections = {connections}
-
-[campaigns.email.inbound]
-host = "127.0.0.1"
-port = {_free_port()}
-domain = "reply.example.org"
-"""
+    return smtp_section(sink.port, FROM, rate=RATE, max_connections=connections,
+                        inbound_port=_free_port())
 
 
 def markdown_section(args: argparse.Namespace, bare: dict[str, Any], gw: dict[str, Any],

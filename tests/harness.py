@@ -161,6 +161,31 @@ class Harness:
             return r.status, await r.text()
 
 
+def smtp_section(port: int, from_address: str, *, rate: float | None = None,
+                 max_connections: int | None = None, inbound_port: int | None = None,
+                 inbound_domain: str = "reply.example.org") -> str:
+    """A campaign's ``[campaigns.email]`` table (for ``running_gateway(jane_email=...)``):
+    plain SMTP to a relay on loopback, optionally with an inbound listener."""
+    section = f"""provider = "smtp"
+host = "127.0.0.1"
+port = {port}
+starttls = false
+from_address = "{from_address}"
+"""
+    if rate is not None:
+        section += f"rate_per_second = {rate}\n"
+    if max_connections is not None:
+        section += f"max_connections = {max_connections}\n"
+    if inbound_port is not None:
+        section += f"""
+[campaigns.email.inbound]
+host = "127.0.0.1"
+port = {inbound_port}
+domain = "{inbound_domain}"
+"""
+    return section
+
+
 @contextlib.asynccontextmanager
 async def running_gateway(db_url: str, *, rate: float = 200.0, twilio_latency: float = 0.0,
                           dispatch: bool = True, telegram: FakeTelegram | None = None,

@@ -22,7 +22,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from bot.dispatch import Dispatcher
 from bot.gateway import Gateway
 from tests.fakes.smtp_server import SmtpSink
-from tests.harness import JANE, Harness, running_gateway
+from tests.harness import JANE, Harness, running_gateway, smtp_section
 
 VOTER = "voter@example.com"
 CONNECTIONS = 2
@@ -74,13 +74,8 @@ class Unpaced:
 
 @contextlib.asynccontextmanager
 async def slow_relay_gateway(db_url: str, relay: SlowRelay) -> AsyncIterator[Harness]:
-    section = f"""provider = "smtp"
-host = "127.0.0.1"
-port = {relay.port}
-starttls = false
-from_address = "Jane Doe <jane@example.org>"
-max_connections = {CONNECTIONS}
-"""
+    section = smtp_section(relay.port, "Jane Doe <jane@example.org>",
+                           max_connections=CONNECTIONS)
     async with running_gateway(db_url, jane_email=section, dispatch=False) as h:
         yield h
 

@@ -28,7 +28,7 @@ from sqlalchemy import select
 from bot.broadcasts import HELD_UNTIL
 from storage.models import messages
 from tests.fakes.smtp_server import ReceivedMail, SmtpSink
-from tests.harness import JANE, PUBLIC_URL, Harness, running_gateway
+from tests.harness import JANE, PUBLIC_URL, Harness, running_gateway, smtp_section
 
 FROM = "Jane Doe <jane@example.org>"
 DOMAIN = "reply.example.org"
@@ -45,21 +45,8 @@ def free_port() -> int:
 
 
 def email_section(sink: SmtpSink, *, rate: float, inbound_port: int | None) -> str:
-    section = f"""provider = "smtp"
-host = "127.0.0.1"
-port = {sink.port}
-starttls = false
-from_address = "{FROM}"
-rate_per_second = {rate}
-"""
-    if inbound_port is not None:
-        section += f"""
-[campaigns.email.inbound]
-host = "127.0.0.1"
-port = {inbound_port}
-domain = "{DOMAIN}"
-"""
-    return section
+    return smtp_section(sink.port, FROM, rate=rate, inbound_port=inbound_port,
+                        inbound_domain=DOMAIN)
 
 
 @contextlib.asynccontextmanager
