@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import uuid
 from collections import Counter, deque
@@ -23,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters.base import (
@@ -38,7 +40,7 @@ from bot import outbox
 from bot.addresses import mask
 from bot.broadcasts import pause_if_failing
 from bot.compose import Composer
-from bot.gate import ConsentGate
+from bot.gate import Admission, ConsentGate
 from bot.ledger import Ledger
 from bot.metrics import Metrics
 from bot.outbox import Claimed
@@ -208,10 +210,9 @@ class Dispatcher:
                 async with self.db.read() as conn:
                     if not await outbox.has_due(conn, campaign=campaign, channel=channel):
                         return []
-            async with self.db.write(bulk=True) as conn:
-                return await outbox.claim(
-                    conn, worker=self.worker_id, campaign=campaign, channel=channel,
-                    limit=want, lease_seconds=self.lease_seconds)
+            return await self.db.write_sync(functools.partial(
+                outbox.claim_sync, worker=self.worker_id, campaign=campaign,
+                channel=channel, limit=want, lease_seconds=self.lease_seconds), bulk=True)
         except Exception:
             _log.exception("dispatch.claim_failed", campaign=campaign, channel=channel)
             return []
@@ -269,12 +270,18 @@ class Dispatcher:
     async def _admit_and_send(self, batch: list[Claimed]) -> int:
         results = self._take_results(self._done)
         try:
-            async with self.db.write(bulk=True) as conn:
-                # Earlier sends' results first: a provider's opt-out is then on record
-                # before this batch is decided.
-                await self._record(conn, results)
-                admission = await self.gate.admit(conn, self.worker_id, batch,
-                                                  self.lease_seconds)
+            # Earlier sends' results first: a provider's opt-out is then on record before
+            # this batch is decided.
+            if all(r.error is None for r in results):
+                # The usual case, in one hand-over to the database (Database.write_sync).
+                sent = [(r.claimed.id, r.provider_id) for r in results]
+                admission = await self.db.write_sync(
+                    functools.partial(self._record_sent_and_admit, sent, batch), bulk=True)
+            else:
+                async with self.db.write(bulk=True) as conn:
+                    await self._record(conn, results)
+                    admission = await self.gate.admit(conn, self.worker_id, batch,
+                                                      self.lease_seconds)
         except BaseException:
             self._recorder_only.extend(results)
             self._have_results.set()
@@ -294,6 +301,11 @@ class Dispatcher:
             task.add_done_callback(self._in_flight.discard)
         self._recorded(results)  # after the sends have started: log lines can wait
         return len(admission.permitted)
+
+    def _record_sent_and_admit(self, sent: list[tuple[int, str | None]],
+                               batch: list[Claimed], conn: Connection) -> Admission:
+        outbox.mark_sent_sync(conn, sent)
+        return self.gate.admit_sync(conn, self.worker_id, batch, self.lease_seconds)
 
     async def _send(self, c: Claimed, permit: Permit) -> None:
         adapter = self.adapters[(c.campaign, c.channel)]
@@ -345,8 +357,13 @@ class Dispatcher:
                 if most is not None:
                     most -= len(batch)
                 try:
-                    async with self.db.write(bulk=True) as conn:
-                        await self._record(conn, batch)
+                    if all(r.error is None for r in batch):
+                        await self.db.write_sync(functools.partial(
+                            outbox.mark_sent_sync,
+                            sent=[(r.claimed.id, r.provider_id) for r in batch]), bulk=True)
+                    else:
+                        async with self.db.write(bulk=True) as conn:
+                            await self._record(conn, batch)
                 except asyncio.CancelledError:
                     source.extendleft(reversed(batch))  # not written: still to do
                     self._have_results.set()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, select, update
+from sqlalchemy import Connection, Select, and_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters.base import Permit, _issue_permit
@@ -95,14 +95,23 @@ class ConsentGate:
 
     async def admit(self, conn: AsyncConnection, worker: str, batch: Sequence[Claimed],
                     lease_seconds: float) -> Admission:
+        """Decide every claimed message of ``batch`` now, in the caller's write transaction
+        (see :meth:`admit_sync`)."""
+        return await conn.run_sync(self.admit_sync, worker, batch, lease_seconds)
+
+    def admit_sync(self, conn: Connection, worker: str, batch: Sequence[Claimed],
+                   lease_seconds: float) -> Admission:
         """Decide every claimed message of ``batch`` now, in the caller's write transaction:
         admitted rows become ``sending`` and get a permit, refused rows become ``blocked``,
-        rows held by quiet hours go back to the queue with a later ``not_before``."""
+        rows held by quiet hours go back to the queue with a later ``not_before``.
+
+        Synchronous, so that the dispatcher can run a whole admission in the database's
+        writer thread (:meth:`storage.db.Database.write_sync`)."""
         out = Admission()
         if not batch:
             return out
         by_id = {c.id: c for c in batch}
-        rows = await conn.execute(_state_of(conn.dialect.name), {"ids": list(by_id)})
+        rows = conn.execute(_state_of(conn.dialect.name), {"ids": list(by_id)})
         now = time.time()
         # One clock reading for the batch: every campaign message in it is held or not alike.
         resume = next_send_time(datetime.fromtimestamp(now, UTC), self.quiet_hours,
@@ -114,7 +123,7 @@ class ConsentGate:
                 continue  # cancelled (opt-out, broadcast cancel) since it was claimed
             if claimed.kind == "campaign":
                 if resume is not None:
-                    await conn.execute(_DELAY, {"m_id": row.id, "m_at": resume.timestamp()})
+                    conn.execute(_DELAY, {"m_id": row.id, "m_at": resume.timestamp()})
                     out.delayed.append(claimed)
                     continue
             status = Status(row.sub_status) if row.sub_status else Status.UNKNOWN
@@ -129,14 +138,14 @@ class ConsentGate:
                 assert decision.reason is not None
                 out.refused.append((claimed, decision.reason))
         if allowed:
-            await conn.execute(_ADMIT, {"ids": allowed, "m_now": now,
+            conn.execute(_ADMIT, {"ids": allowed, "m_now": now,
                                         "m_expires": now + lease_seconds})
             for message_id in allowed:
                 c = by_id[message_id]
                 out.permitted.append(
                     (c, _issue_permit(c.campaign, c.channel, c.address, str(c.id))))
         for c, reason in out.refused:
-            await conn.execute(_BLOCK, {"m_id": c.id, "m_reason": reason.value, "m_now": now})
+            conn.execute(_BLOCK, {"m_id": c.id, "m_reason": reason.value, "m_now": now})
         return out
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Integer, Update, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Integer, Update, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.models import broadcasts, messages
@@ -29,10 +29,12 @@ __all__ = [
     "backoff",
     "cancel_queued_for",
     "claim",
+    "claim_sync",
     "enqueue",
     "mark_failed",
     "mark_retry",
     "mark_sent",
+    "mark_sent_sync",
     "reap_interrupted",
     "release_leases",
 ]
@@ -124,15 +126,24 @@ async def claim(
     conn: AsyncConnection, *, worker: str, campaign: str, channel: str, limit: int,
     lease_seconds: float, now: float | None = None,
 ) -> list[Claimed]:
+    """Lease up to ``limit`` due messages (see :func:`claim_sync`)."""
+    return await conn.run_sync(
+        lambda sync_conn: claim_sync(sync_conn, worker=worker, campaign=campaign,
+                                     channel=channel, limit=limit,
+                                     lease_seconds=lease_seconds, now=now))
+
+
+def claim_sync(
+    conn: Connection, *, worker: str, campaign: str, channel: str, limit: int,
+    lease_seconds: float, now: float | None = None,
+) -> list[Claimed]:
     """Lease up to ``limit`` due messages of one campaign and channel, oldest first.
     A lease only reserves the row: the gate still decides, later, whether it is sent."""
     now = time.time() if now is None else now
-    rows = (
-        await conn.execute(_claim_statement(conn.dialect.name), {
-            "d_campaign": campaign, "d_channel": channel, "d_now": now, "d_limit": limit,
-            "d_worker": worker, "d_expires": now + lease_seconds})
-    ).all()
-    texts = await _broadcast_texts(conn, {r.broadcast_id for r in rows if r.text is None})
+    rows = conn.execute(_claim_statement(conn.dialect.name), {
+        "d_campaign": campaign, "d_channel": channel, "d_now": now, "d_limit": limit,
+        "d_worker": worker, "d_expires": now + lease_seconds}).all()
+    texts = _broadcast_texts(conn, {r.broadcast_id for r in rows if r.text is None})
     claimed = [
         Claimed(r.id, r.campaign, r.channel, r.address, r.address_hash, r.kind,
                 r.text if r.text is not None else texts[r.broadcast_id][0],
@@ -144,11 +155,10 @@ async def claim(
     return claimed
 
 
-async def _broadcast_texts(conn: AsyncConnection,
-                           ids: set[int]) -> dict[int, tuple[str, str | None]]:
+def _broadcast_texts(conn: Connection, ids: set[int]) -> dict[int, tuple[str, str | None]]:
     if not ids:
         return {}
-    rows = await conn.execute(
+    rows = conn.execute(
         select(broadcasts.c.id, broadcasts.c.text, broadcasts.c.subject)
         .where(broadcasts.c.id.in_(ids)))
     return {r.id: (r.text, r.subject) for r in rows}
@@ -172,14 +182,19 @@ async def cancel_queued_for(conn: AsyncConnection, campaign: str | None, channel
 
 
 async def mark_sent(conn: AsyncConnection, sent: Iterable[tuple[int, str | None]]) -> None:
+    """Record provider acceptance (see :func:`mark_sent_sync`)."""
+    await conn.run_sync(mark_sent_sync, sent)
+
+
+def mark_sent_sync(conn: Connection, sent: Iterable[tuple[int, str | None]]) -> None:
     """Record provider acceptance. A status callback may have got there first (it sets
     ``sent``/``delivered`` itself), so only rows still ``sending`` change."""
-    rows = [{"m_id": message_id, "m_provider_id": provider_id} for message_id, provider_id in sent]
-    if not rows:
-        return
     now = time.time()
-    # One executemany for the whole batch: a statement per row costs more than the send.
-    await conn.execute(_MARK_SENT, [{**row, "m_now": now} for row in rows])
+    rows = [{"m_id": message_id, "m_provider_id": provider_id, "m_now": now}
+            for message_id, provider_id in sent]
+    if rows:
+        # One executemany for the whole batch: a statement per row costs more than the send.
+        conn.execute(_MARK_SENT, rows)
 
 
 _MARK_SENT = (

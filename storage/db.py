@@ -15,17 +15,21 @@ enqueueing): an opt-out waits for at most the one transaction already running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
-from sqlalchemy import event, text
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 __all__ = ["Database", "DatabaseBusy", "WriteTurns"]
+
+T = TypeVar("T")
 
 
 class DatabaseBusy(Exception):
@@ -96,14 +100,22 @@ class Database:
                 url, echo=echo, connect_args={"timeout": 30}, pool_size=pool_size,
                 max_overflow=pool_size, pool_reset_on_return=None,  # see _on_reset
             )
-            _install_sqlite_hooks(self.engine)
+            _install_sqlite_hooks(self.engine.sync_engine, _begin_via_adapter)
             self.turns: WriteTurns | None = WriteTurns()
+            database = make_url(url).database
+            # A file's own writer thread (see write_sync); an in-memory database is private
+            # to its one connection, so it has none.
+            self._writer_url = (None if database in (None, "", ":memory:")
+                                else make_url(url).set(drivername="sqlite+pysqlite"))
         else:
             self.engine = create_async_engine(
                 url, echo=echo, pool_size=pool_size, max_overflow=pool_size,
                 pool_pre_ping=True,
             )
             self.turns = None  # row locks: writers of different rows never wait for each other
+            self._writer_url = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._writer_engine: Engine | None = None
 
     @asynccontextmanager
     async def write(self, *, bulk: bool = False) -> AsyncIterator[AsyncConnection]:
@@ -120,6 +132,47 @@ class Database:
                 yield conn
         finally:
             self.turns.release()
+
+    async def write_sync(self, fn: Callable[[Connection], T], *, bulk: bool = False) -> T:
+        """Run ``fn`` in one write transaction (as :meth:`write`) and return its result.
+
+        For the dispatcher's hot path. On a SQLite file ``fn`` runs whole in this database's
+        writer thread, on a connection of its own: one hand-over instead of one per
+        statement, each of which would wait for a turn of an event loop busy with provider
+        calls. The write turn is held meanwhile, so a STOP still goes first. Elsewhere
+        ``fn`` runs on a pooled connection through :meth:`AsyncConnection.run_sync`.
+        """
+        if self._writer_url is None or self.turns is None:
+            async with self.write(bulk=bulk) as conn:
+                return await conn.run_sync(fn)
+        await self.turns.acquire(bulk=bulk)
+        try:
+            job = asyncio.get_running_loop().run_in_executor(
+                self._writer_thread(), self._in_writer, fn)
+            try:
+                return await asyncio.shield(job)
+            except asyncio.CancelledError:
+                # The transaction runs to its end in the thread; keep the turn till then.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait([job])
+                raise
+        finally:
+            self.turns.release()
+
+    def _writer_thread(self) -> ThreadPoolExecutor:
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        return self._writer
+
+    def _in_writer(self, fn: Callable[[Connection], T]) -> T:
+        if self._writer_engine is None:
+            assert self._writer_url is not None
+            self._writer_engine = create_engine(
+                self._writer_url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0,
+                pool_reset_on_return=None)  # see _on_reset
+            _install_sqlite_hooks(self._writer_engine, _begin_via_connection)
+        with self._writer_engine.begin() as conn:
+            return fn(conn)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -174,12 +227,16 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        if self._writer is not None:
+            writer, engine, self._writer = self._writer, self._writer_engine, None
+            self._writer_engine = None
+            if engine is not None:
+                await asyncio.get_running_loop().run_in_executor(writer, engine.dispose)
+            writer.shutdown()
         await self.engine.dispose()
 
 
-def _install_sqlite_hooks(engine: AsyncEngine) -> None:
-    sync_engine = engine.sync_engine
-
+def _install_sqlite_hooks(sync_engine: Engine, begin: Callable[[Connection, str], None]) -> None:
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Take transaction control from pysqlite so our BEGIN is the one that runs.
@@ -193,19 +250,29 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        sql = ("BEGIN" if conn.get_execution_options().get("consentgate_readonly")
-               else "BEGIN IMMEDIATE")
-        # Straight to the driver: one round trip to its thread, not three (cursor, execute,
-        # close), and the event loop waits for every one while a broadcast keeps it busy.
-        conn.connection.dbapi_connection.run_async(lambda driver: driver.execute(sql))
+        begin(conn, "BEGIN" if conn.get_execution_options().get("consentgate_readonly")
+              else "BEGIN IMMEDIATE")
 
     @event.listens_for(sync_engine.pool, "reset")
     def _on_reset(dbapi_conn: Any, _record: Any, state: Any) -> None:
         # In place of the pool's own reset (``pool_reset_on_return=None``), which rolls back
         # every connection it takes back even when its transaction has just committed.
-        if (state.asyncio_safe and not state.terminate_only
-                and dbapi_conn.driver_connection.in_transaction):
+        # (The asyncio adapter wraps the driver's connection; the writer thread's is bare.)
+        driver = getattr(dbapi_conn, "driver_connection", dbapi_conn)
+        if state.asyncio_safe and not state.terminate_only and driver.in_transaction:
             dbapi_conn.rollback()
+
+
+def _begin_via_adapter(conn: Connection, sql: str) -> None:
+    # Straight to the driver: one round trip to its thread, not three (cursor, execute,
+    # close), and the event loop waits for every one while a broadcast keeps it busy.
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    dbapi.run_async(lambda driver: driver.execute(sql))
+
+
+def _begin_via_connection(conn: Connection, sql: str) -> None:
+    conn.exec_driver_sql(sql)
 
 
 def _upgrade(sync_conn: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,87 @@ async def test_a_connection_given_back_inside_a_transaction_is_rolled_back(
             other.close()
         async with db.write() as conn:  # and the pooled connection is usable again
             await conn.execute(text("UPDATE campaigns SET name = name"))
+    finally:
+        await db.dispose()
+
+
+_NEW_CAMPAIGN = ("INSERT INTO campaigns (slug, name, imprint, consent_text, "
+                 "consent_text_version, updated_at) VALUES (:slug, 'A', '', '', '1', 0)")
+
+
+async def test_a_write_in_the_writer_thread_holds_the_turn_and_commits_or_rolls_back(
+        sqlite_url: str) -> None:
+    """write_sync runs its function in the writer thread: while it runs, a person's change
+    waits for its turn (and then goes first); a function that raises leaves nothing."""
+    db = Database(sqlite_url)
+    await db.migrate()
+    inside, finish = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def slow(conn: Any) -> str:
+        assert threading.current_thread() is not threading.main_thread()
+        conn.execute(text(_NEW_CAMPAIGN), {"slug": "a"})
+        inside.set()
+        finish.wait(10)
+        order.append("thread")
+        return "done"
+
+    async def urgent() -> None:
+        async with db.write() as conn:
+            await conn.execute(text("UPDATE campaigns SET name = 'B' WHERE slug = 'a'"))
+            order.append("stop")
+
+    def fails(conn: Any) -> None:
+        conn.execute(text(_NEW_CAMPAIGN), {"slug": "z"})
+        raise ValueError("half-way")
+
+    try:
+        job = asyncio.create_task(db.write_sync(slow, bulk=True))
+        await asyncio.get_running_loop().run_in_executor(None, inside.wait, 10)
+        assert db.turns is not None
+        stop = asyncio.create_task(urgent())
+        await _wait_until_waiting(db.turns, 1, 0)
+        finish.set()
+        assert await job == "done"
+        await stop
+        with pytest.raises(ValueError, match="half-way"):
+            await db.write_sync(fails)
+        async with db.read() as conn:
+            rows = (await conn.execute(text("SELECT slug, name FROM campaigns"))).all()
+    finally:
+        await db.dispose()
+    assert order == ["thread", "stop"]
+    assert [tuple(r) for r in rows] == [("a", "B")]
+
+
+async def test_a_cancelled_write_in_the_writer_thread_keeps_the_turn_until_it_ends(
+        sqlite_url: str) -> None:
+    """The thread cannot be interrupted: the turn (and SQLite's lock) stays taken until the
+    function returns, so no other writer starts while it is still writing."""
+    db = Database(sqlite_url)
+    await db.migrate()
+    inside, finish = threading.Event(), threading.Event()
+
+    def slow(conn: Any) -> None:
+        conn.execute(text(_NEW_CAMPAIGN), {"slug": "a"})
+        inside.set()
+        finish.wait(10)
+
+    try:
+        job = asyncio.create_task(db.write_sync(slow, bulk=True))
+        await asyncio.get_running_loop().run_in_executor(None, inside.wait, 10)
+        assert db.turns is not None
+        later = asyncio.create_task(db.turns.acquire(bulk=False))
+        await _wait_until_waiting(db.turns, 1, 0)
+        job.cancel()
+        for _ in range(50):  # passes of the event loop: the cancellation is delivered
+            await asyncio.sleep(0)
+        assert not job.done() and not later.done()  # still held by the cancelled write
+        finish.set()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        await later
+        db.turns.release()
     finally:
         await db.dispose()
 

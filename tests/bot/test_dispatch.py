@@ -138,16 +138,16 @@ async def test_no_more_messages_are_admitted_than_the_relay_has_connections(
         # At each gate decision: permits issued whose message the relay has not yet taken.
         outstanding: list[int] = []
         permitted = 0
-        admit = h.gateway.gate.admit
+        admit = h.gateway.gate.admit_sync  # every admission, in whichever thread it runs
 
-        async def counting_admit(*args: Any, **kwargs: Any) -> Any:
+        def counting_admit(*args: Any, **kwargs: Any) -> Any:
             nonlocal permitted
-            admission = await admit(*args, **kwargs)
+            admission = admit(*args, **kwargs)
             permitted += len(admission.permitted)
             outstanding.append(permitted - relay.answered)
             return admission
 
-        monkeypatch.setattr(h.gateway.gate, "admit", counting_admit)
+        monkeypatch.setattr(h.gateway.gate, "admit_sync", counting_admit)
 
         async with dispatching(h.gateway, relay, max_in_flight=max_in_flight):
             for _ in recipients:
