@@ -273,7 +273,7 @@ class Dispatcher:
             # Earlier sends' results first: a provider's opt-out is then on record before
             # this batch is decided.
             if all(r.error is None for r in results):
-                # The usual case, in one hand-over to the database (Database.write_sync).
+                # The usual case, in one go (Database.write_sync).
                 sent = [(r.claimed.id, r.provider_id) for r in results]
                 admission = await self.db.write_sync(
                     functools.partial(self._record_sent_and_admit, sent, batch), bulk=True)

@@ -105,8 +105,8 @@ class ConsentGate:
         admitted rows become ``sending`` and get a permit, refused rows become ``blocked``,
         rows held by quiet hours go back to the queue with a later ``not_before``.
 
-        Synchronous, so that the dispatcher can run a whole admission in the database's
-        writer thread (:meth:`storage.db.Database.write_sync`)."""
+        Synchronous, so that the dispatcher can run a whole admission in one go on SQLite
+        (:meth:`storage.db.Database.write_sync`)."""
         out = Admission()
         if not batch:
             return out

@@ -10,6 +10,8 @@ of what is waiting: during a broadcast a STOP could lose the race for the lock t
 transactions again and again. So this process's writers take turns in :class:`WriteTurns`
 first, people's changes (STOP, START, the API) ahead of bulk work (claiming, recording,
 enqueueing): an opt-out waits for at most the one transaction already running.
+The dispatcher's short transactions run on the event loop's own connection
+(:meth:`Database.write_sync`), which never waits for a lock or checkpoints on the loop.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,16 +27,28 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import structlog
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-__all__ = ["Database", "DatabaseBusy", "WriteTurns"]
+__all__ = ["CHECKPOINT_EVERY", "Database", "DatabaseBusy", "WriteTurns"]
 
 T = TypeVar("T")
+
+_log = structlog.get_logger("consentgate.storage")
+
+#: Commits on the event loop's connection between two WAL checkpoints (each commit of the
+#: dispatcher writes some tens of pages; SQLite's own default is every 1,000 pages).
+CHECKPOINT_EVERY = 16
 
 
 class DatabaseBusy(Exception):
     """The SQLite database is already served by another process."""
+
+
+class _LockedElsewhere(Exception):
+    """Another process holds SQLite's write lock."""
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x636F6E73  # pg_advisory_lock key: one migrating process at a time
@@ -103,19 +118,22 @@ class Database:
             _install_sqlite_hooks(self.engine.sync_engine, _begin_via_adapter)
             self.turns: WriteTurns | None = WriteTurns()
             database = make_url(url).database
-            # A file's own writer thread (see write_sync); an in-memory database is private
-            # to its one connection, so it has none.
-            self._writer_url = (None if database in (None, "", ":memory:")
-                                else make_url(url).set(drivername="sqlite+pysqlite"))
+            # A file's own synchronous connections (see write_sync); an in-memory database
+            # is private to its one connection, so it has none.
+            self._sync_url = (None if database in (None, "", ":memory:")
+                              else make_url(url).set(drivername="sqlite+pysqlite"))
         else:
             self.engine = create_async_engine(
                 url, echo=echo, pool_size=pool_size, max_overflow=pool_size,
                 pool_pre_ping=True,
             )
             self.turns = None  # row locks: writers of different rows never wait for each other
-            self._writer_url = None
+            self._sync_url = None
+        self._loop_engine: Engine | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._writer_engine: Engine | None = None
+        self._commits = 0
+        self._checkpoint: asyncio.Task[None] | None = None
 
     @asynccontextmanager
     async def write(self, *, bulk: bool = False) -> AsyncIterator[AsyncConnection]:
@@ -136,43 +154,107 @@ class Database:
     async def write_sync(self, fn: Callable[[Connection], T], *, bulk: bool = False) -> T:
         """Run ``fn`` in one write transaction (as :meth:`write`) and return its result.
 
-        For the dispatcher's hot path. On a SQLite file ``fn`` runs whole in this database's
-        writer thread, on a connection of its own: one hand-over instead of one per
-        statement, each of which would wait for a turn of an event loop busy with provider
-        calls. The write turn is held meanwhile, so a STOP still goes first. Elsewhere
-        ``fn`` runs on a pooled connection through :meth:`AsyncConnection.run_sync`.
+        For the dispatcher's hot path: claims, gate admissions and results, a few
+        milliseconds of SQLite work each. On a SQLite file, once the write turn is ours,
+        ``fn`` runs at once on the event loop's own connection. Any hand-over costs more
+        than the work: through aiosqlite every statement waits for a turn of an event loop
+        busy with provider calls, and in a thread every row's step gives up the GIL and
+        waits to get it back. That connection never makes the loop wait: it does not wait
+        for a lock (while another process writes, ``fn`` runs in this database's writer
+        thread instead, which does), and it never checkpoints the WAL (the writer thread
+        does, every :data:`CHECKPOINT_EVERY` commits, in a bulk write turn of its own).
+        Elsewhere ``fn`` runs on a pooled connection through
+        :meth:`AsyncConnection.run_sync`.
         """
-        if self._writer_url is None or self.turns is None:
+        if self._sync_url is None or self.turns is None:
             async with self.write(bulk=bulk) as conn:
                 return await conn.run_sync(fn)
         await self.turns.acquire(bulk=bulk)
         try:
-            job = asyncio.get_running_loop().run_in_executor(
-                self._writer_thread(), self._in_writer, fn)
             try:
-                return await asyncio.shield(job)
-            except asyncio.CancelledError:
-                # The transaction runs to its end in the thread; keep the turn till then.
-                with contextlib.suppress(Exception):
-                    await asyncio.wait([job])
-                raise
+                result = self._on_loop(fn)
+            except _LockedElsewhere:
+                return await self._in_writer_thread(fn)
+            self._commits += 1
+            if self._commits % CHECKPOINT_EVERY == 0 and self._checkpoint is None:
+                self._checkpoint = asyncio.create_task(self._checkpoint_wal())
+            return result
         finally:
             self.turns.release()
+
+    def _on_loop(self, fn: Callable[[Connection], T]) -> T:
+        if self._loop_engine is None:
+            assert self._sync_url is not None
+            self._loop_engine = create_engine(
+                self._sync_url, connect_args={"timeout": 0}, pool_size=1, max_overflow=0,
+                pool_reset_on_return=None)  # see _on_reset
+            _install_sqlite_hooks(self._loop_engine, _begin_via_connection,
+                                  busy_timeout_ms=0, checkpoints=False)
+        with self._loop_engine.connect() as conn:
+            try:
+                transaction = conn.begin()
+            except OperationalError as exc:
+                if "locked" in str(exc.orig) or "busy" in str(exc.orig):
+                    raise _LockedElsewhere from exc
+                raise
+            with transaction:
+                return fn(conn)
+
+    async def _in_writer_thread(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in a transaction in the writer thread (the caller holds the write
+        turn). The thread cannot be interrupted: a cancelled caller keeps the turn until it
+        has finished."""
+        return await self._in_thread(functools.partial(self._in_writer, fn))
+
+    async def _in_thread(self, work: Callable[[], T]) -> T:
+        job = asyncio.get_running_loop().run_in_executor(self._writer_thread(), work)
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.wait([job])
+            raise
+
+    async def _checkpoint_wal(self) -> None:
+        try:
+            assert self.turns is not None
+            await self.turns.acquire(bulk=True)
+            try:
+                # With no writer in between, the checkpoint can copy the whole WAL back,
+                # and the next transaction then starts it again from the beginning.
+                await self._in_thread(self._checkpoint_in_writer)
+            finally:
+                self.turns.release()
+        except Exception:
+            _log.exception("storage.checkpoint_failed")
+        finally:
+            self._checkpoint = None
 
     def _writer_thread(self) -> ThreadPoolExecutor:
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         return self._writer
 
-    def _in_writer(self, fn: Callable[[Connection], T]) -> T:
+    def _writer_connection(self) -> Connection:
         if self._writer_engine is None:
-            assert self._writer_url is not None
+            assert self._sync_url is not None
             self._writer_engine = create_engine(
-                self._writer_url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0,
+                self._sync_url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0,
                 pool_reset_on_return=None)  # see _on_reset
             _install_sqlite_hooks(self._writer_engine, _begin_via_connection)
-        with self._writer_engine.begin() as conn:
+        return self._writer_engine.connect()
+
+    def _in_writer(self, fn: Callable[[Connection], T]) -> T:
+        with self._writer_connection() as conn, conn.begin():
             return fn(conn)
+
+    def _checkpoint_in_writer(self) -> None:
+        # Outside any transaction (SQLite refuses to checkpoint inside one), so straight
+        # to the driver: the connection would begin one for a statement of its own.
+        with self._writer_connection() as conn:
+            driver = conn.connection.dbapi_connection
+            assert driver is not None
+            driver.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -227,6 +309,12 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        if self._checkpoint is not None:
+            with contextlib.suppress(Exception):
+                await self._checkpoint
+        if self._loop_engine is not None:
+            self._loop_engine.dispose()
+            self._loop_engine = None
         if self._writer is not None:
             writer, engine, self._writer = self._writer, self._writer_engine, None
             self._writer_engine = None
@@ -236,7 +324,8 @@ class Database:
         await self.engine.dispose()
 
 
-def _install_sqlite_hooks(sync_engine: Engine, begin: Callable[[Connection, str], None]) -> None:
+def _install_sqlite_hooks(sync_engine: Engine, begin: Callable[[Connection, str], None], *,
+                          busy_timeout_ms: int = 30000, checkpoints: bool = True) -> None:
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Take transaction control from pysqlite so our BEGIN is the one that runs.
@@ -244,8 +333,10 @@ def _install_sqlite_hooks(sync_engine: Engine, begin: Callable[[Connection, str]
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cur.execute("PRAGMA foreign_keys=ON")
+        if not checkpoints:
+            cur.execute("PRAGMA wal_autocheckpoint=0")
         cur.close()
 
     @event.listens_for(sync_engine, "begin")

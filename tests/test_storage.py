@@ -4,6 +4,7 @@ schema the migrations build (the same as the models describe, upgraded in place)
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -158,70 +159,98 @@ async def test_a_connection_given_back_inside_a_transaction_is_rolled_back(
 
 
 _NEW_CAMPAIGN = ("INSERT INTO campaigns (slug, name, imprint, consent_text, "
-                 "consent_text_version, updated_at) VALUES (:slug, 'A', '', '', '1', 0)")
+                 "consent_text_version, updated_at) VALUES (:slug, 'A', :imprint, '', '1', 0)")
 
 
-async def test_a_write_in_the_writer_thread_holds_the_turn_and_commits_or_rolls_back(
+async def _campaigns(db: Database) -> list[tuple[Any, ...]]:
+    async with db.read() as conn:
+        return [tuple(r) for r in await conn.execute(
+            text("SELECT slug, name FROM campaigns ORDER BY slug"))]
+
+
+def _other_process_writing(sqlite_url: str) -> sqlite3.Connection:
+    """A connection of its own holding the write lock, as another process's would."""
+    other = sqlite3.connect(sqlite_url.split("///", 1)[1], isolation_level=None,
+                            check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
+async def test_a_dispatch_write_runs_on_the_event_loop_and_commits_or_leaves_nothing(
         sqlite_url: str) -> None:
-    """write_sync runs its function in the writer thread: while it runs, a person's change
-    waits for its turn (and then goes first); a function that raises leaves nothing."""
     db = Database(sqlite_url)
     await db.migrate()
-    inside, finish = threading.Event(), threading.Event()
+
+    def insert(conn: Any) -> str:
+        assert threading.current_thread() is threading.main_thread()
+        conn.execute(text(_NEW_CAMPAIGN), {"slug": "a", "imprint": ""})
+        return "done"
+
+    def fails(conn: Any) -> None:
+        conn.execute(text(_NEW_CAMPAIGN), {"slug": "z", "imprint": ""})
+        raise ValueError("half-way")
+
+    try:
+        assert await db.write_sync(insert, bulk=True) == "done"
+        # and it never waits for a lock there (see the next test)
+        assert await db.write_sync(
+            lambda conn: conn.exec_driver_sql("PRAGMA busy_timeout").scalar()) == 0
+        with pytest.raises(ValueError, match="half-way"):
+            await db.write_sync(fails)
+        assert await _campaigns(db) == [("a", "A")]
+        assert db.turns is not None and db.turns.waiting == (0, 0)
+    finally:
+        await db.dispose()
+
+
+async def test_while_another_process_writes_a_dispatch_write_waits_off_the_loop(
+        sqlite_url: str) -> None:
+    """The loop's own connection does not wait for the lock: the transaction goes to the
+    writer thread, which does, holding the write turn; a person's change goes next."""
+    db = Database(sqlite_url)
+    await db.migrate()
     order: list[str] = []
 
-    def slow(conn: Any) -> str:
-        assert threading.current_thread() is not threading.main_thread()
-        conn.execute(text(_NEW_CAMPAIGN), {"slug": "a"})
-        inside.set()
-        finish.wait(10)
-        order.append("thread")
-        return "done"
+    def insert(conn: Any) -> str:
+        conn.execute(text(_NEW_CAMPAIGN), {"slug": "a", "imprint": ""})
+        order.append("dispatch")
+        return threading.current_thread().name
 
     async def urgent() -> None:
         async with db.write() as conn:
             await conn.execute(text("UPDATE campaigns SET name = 'B' WHERE slug = 'a'"))
             order.append("stop")
 
-    def fails(conn: Any) -> None:
-        conn.execute(text(_NEW_CAMPAIGN), {"slug": "z"})
-        raise ValueError("half-way")
-
+    other = _other_process_writing(sqlite_url)
     try:
-        job = asyncio.create_task(db.write_sync(slow, bulk=True))
-        await asyncio.get_running_loop().run_in_executor(None, inside.wait, 10)
+        job = asyncio.create_task(db.write_sync(insert, bulk=True))
         assert db.turns is not None
         stop = asyncio.create_task(urgent())
-        await _wait_until_waiting(db.turns, 1, 0)
-        finish.set()
-        assert await job == "done"
+        await _wait_until_waiting(db.turns, 1, 0)  # the loop runs; the dispatch write waits
+        assert not job.done()
+        other.rollback()
+        assert (await job).startswith("sqlite-writer")
         await stop
-        with pytest.raises(ValueError, match="half-way"):
-            await db.write_sync(fails)
-        async with db.read() as conn:
-            rows = (await conn.execute(text("SELECT slug, name FROM campaigns"))).all()
+        assert order == ["dispatch", "stop"]
+        assert await _campaigns(db) == [("a", "B")]
     finally:
+        other.close()
         await db.dispose()
-    assert order == ["thread", "stop"]
-    assert [tuple(r) for r in rows] == [("a", "B")]
 
 
 async def test_a_cancelled_write_in_the_writer_thread_keeps_the_turn_until_it_ends(
         sqlite_url: str) -> None:
-    """The thread cannot be interrupted: the turn (and SQLite's lock) stays taken until the
-    function returns, so no other writer starts while it is still writing."""
+    """The thread cannot be interrupted: the turn stays taken until its transaction is
+    over, so no other writer of this process starts while it may still write."""
     db = Database(sqlite_url)
     await db.migrate()
-    inside, finish = threading.Event(), threading.Event()
 
-    def slow(conn: Any) -> None:
-        conn.execute(text(_NEW_CAMPAIGN), {"slug": "a"})
-        inside.set()
-        finish.wait(10)
+    def insert(conn: Any) -> None:
+        conn.execute(text(_NEW_CAMPAIGN), {"slug": "a", "imprint": ""})
 
+    other = _other_process_writing(sqlite_url)
     try:
-        job = asyncio.create_task(db.write_sync(slow, bulk=True))
-        await asyncio.get_running_loop().run_in_executor(None, inside.wait, 10)
+        job = asyncio.create_task(db.write_sync(insert, bulk=True))
         assert db.turns is not None
         later = asyncio.create_task(db.turns.acquire(bulk=False))
         await _wait_until_waiting(db.turns, 1, 0)
@@ -229,13 +258,33 @@ async def test_a_cancelled_write_in_the_writer_thread_keeps_the_turn_until_it_en
         for _ in range(50):  # passes of the event loop: the cancellation is delivered
             await asyncio.sleep(0)
         assert not job.done() and not later.done()  # still held by the cancelled write
-        finish.set()
+        other.rollback()
         with pytest.raises(asyncio.CancelledError):
             await job
         await later
         db.turns.release()
+        assert await _campaigns(db) == [("a", "A")]  # it ran to its end
+    finally:
+        other.close()
+        await db.dispose()
+
+
+async def test_the_wal_is_checkpointed_although_the_loop_s_connection_never_does_it(
+        sqlite_url: str) -> None:
+    """Without checkpoints the WAL of this test would grow past 12 MB."""
+    db = Database(sqlite_url)
+    await db.migrate()
+    imprint = "x" * 40_000
+    wal = sqlite_url.split("///", 1)[1] + "-wal"
+    largest = 0
+    try:
+        for n in range(300):
+            await db.write_sync(lambda conn, n=n: conn.execute(
+                text(_NEW_CAMPAIGN), {"slug": f"c{n}", "imprint": imprint}), bulk=True)
+            largest = max(largest, await asyncio.to_thread(os.path.getsize, wal))
     finally:
         await db.dispose()
+    assert largest < 3_000_000
 
 
 # -- the schema ---------------------------------------------------------------------------
