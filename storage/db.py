@@ -50,6 +50,7 @@ class DatabaseBusy(Exception):
 class _LockedElsewhere(Exception):
     """Another process holds SQLite's write lock."""
 
+
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x636F6E73  # pg_advisory_lock key: one migrating process at a time
 
