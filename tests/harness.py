@@ -41,6 +41,80 @@ JANE_GROUP = -1001234567890
 BOB_NUMBER = "+447400654321"
 
 
+def config_text(db_url: str, twilio_url: str, *, port: int = 8080, rate: float = 200.0,
+                secret: str = SECRET, pool_size: int | None = None, extra_policy: str = "",
+                jane_extra: str = "", jane_email: str | None = 'provider = "log"',
+                telegram_section: str = "", auditor: bool = True, bob: bool = True,
+                dispatch: str = "") -> str:
+    """The test campaigns' configuration file: Jane's campaign (SMS to the Twilio fake at
+    ``twilio_url``; email as ``jane_email`` says, none if None; Telegram if given), and,
+    with ``bob``, Bob's. One text for the in-process harness and for real processes."""
+    operators = [f'{{ name = "Jane Doe", token = "{JANE_TOKEN}", role = "organiser" }}']
+    if auditor:
+        operators.append(
+            f'{{ name = "Returning Officer", token = "{JANE_AUDITOR}", role = "auditor" }}')
+    joined = ",\n  ".join(operators)
+    text = f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+public_url = "{PUBLIC_URL}"
+
+[storage]
+url = "{db_url}"
+{"" if pool_size is None else f"pool_size = {pool_size}"}
+
+[security]
+secret_key = "{secret}"
+
+[policy]
+denied_sources = ["union mailing list", "society group chat"]
+{extra_policy}
+
+[[campaigns]]
+slug = "{JANE}"
+name = "Jane Doe for President"
+imprint = "Promoted by Jane Doe, 1 Example Road, London"
+consent_text = "Yes, send me updates about Jane's campaign. Reply STOP at any time."
+operators = [
+  {joined},
+]
+{jane_extra}
+
+[campaigns.sms]
+provider = "twilio"
+account_sid = "{JANE_SID}"
+auth_token = "{JANE_AUTH}"
+from_number = "{JANE_NUMBER}"
+api_base_url = "{twilio_url}"
+rate_per_second = {rate}
+"""
+    if jane_email is not None:
+        text += f"""
+[campaigns.email]
+{jane_email}
+"""
+    text += telegram_section
+    if bob:
+        text += f"""
+[[campaigns]]
+slug = "{BOB}"
+name = "Bob Roe for Treasurer"
+imprint = "Promoted by Bob Roe, 2 Example Road, Leeds"
+consent_text = "Yes, send me Bob's campaign news."
+operators = [ {{ name = "Bob Roe", token = "{BOB_TOKEN}", role = "organiser" }} ]
+
+[campaigns.sms]
+provider = "twilio"
+account_sid = "{BOB_SID}"
+auth_token = "{BOB_AUTH}"
+from_number = "{BOB_NUMBER}"
+api_base_url = "{twilio_url}"
+rate_per_second = {rate}
+"""
+    return text + dispatch
+
+
 def settings_for(db_url: str, twilio_url: str, *, rate: float = 200.0,
                  extra_policy: str = "", jane_extra: str = "",
                  telegram: FakeTelegram | None = None, telegram_extra: str = "",
@@ -57,60 +131,9 @@ own_chats = [{JANE_GROUP}]
 bot_username = "jane_campaign_bot"
 {telegram_extra}
 """
-    text = f"""
-[server]
-host = "127.0.0.1"
-port = 8080
-public_url = "{PUBLIC_URL}"
-
-[storage]
-url = "{db_url}"
-
-[security]
-secret_key = "{SECRET}"
-
-[policy]
-denied_sources = ["union mailing list", "society group chat"]
-{extra_policy}
-
-[[campaigns]]
-slug = "{JANE}"
-name = "Jane Doe for President"
-imprint = "Promoted by Jane Doe, 1 Example Road, London"
-consent_text = "Yes, send me updates about Jane's campaign. Reply STOP at any time."
-operators = [
-  {{ name = "Jane Doe", token = "{JANE_TOKEN}", role = "organiser" }},
-  {{ name = "Returning Officer", token = "{JANE_AUDITOR}", role = "auditor" }},
-]
-{jane_extra}
-
-[campaigns.sms]
-provider = "twilio"
-account_sid = "{JANE_SID}"
-auth_token = "{JANE_AUTH}"
-from_number = "{JANE_NUMBER}"
-api_base_url = "{twilio_url}"
-rate_per_second = {rate}
-
-[campaigns.email]
-{jane_email}
-{telegram_section}
-[[campaigns]]
-slug = "{BOB}"
-name = "Bob Roe for Treasurer"
-imprint = "Promoted by Bob Roe, 2 Example Road, Leeds"
-consent_text = "Yes, send me Bob's campaign news."
-operators = [ {{ name = "Bob Roe", token = "{BOB_TOKEN}", role = "organiser" }} ]
-
-[campaigns.sms]
-provider = "twilio"
-account_sid = "{BOB_SID}"
-auth_token = "{BOB_AUTH}"
-from_number = "{BOB_NUMBER}"
-api_base_url = "{twilio_url}"
-rate_per_second = {rate}
-"""
-    return parse_config(text, environ={})
+    return parse_config(config_text(db_url, twilio_url, rate=rate, extra_policy=extra_policy,
+                                    jane_extra=jane_extra, jane_email=jane_email,
+                                    telegram_section=telegram_section), environ={})
 
 
 @dataclass

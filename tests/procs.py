@@ -25,7 +25,16 @@ from typing import Any
 import aiohttp
 
 from tests.fakes.twilio_webhooks import inbound_sms_form, post_signed
-from tests.harness import JANE, JANE_AUTH, JANE_NUMBER, JANE_SID, JANE_TOKEN, PUBLIC_URL, SECRET
+from tests.harness import (
+    JANE,
+    JANE_AUTH,
+    JANE_NUMBER,
+    JANE_SID,
+    JANE_TOKEN,
+    PUBLIC_URL,
+    SECRET,
+    config_text,
+)
 
 __all__ = [
     "CONSENTGATE",
@@ -57,44 +66,16 @@ def write_config(path: Path, *, db_path: Path | None = None, storage_url: str | 
                  twilio_url: str, port: int, rate: float = 200.0, extra_policy: str = "",
                  secret: str = SECRET, pool_size: int = 10,
                  lease_seconds: float | None = None) -> Path:
-    """A complete config file for one campaign (Jane's, as in :mod:`tests.harness`) whose
-    SMS goes to the Twilio fake at ``twilio_url``; its database is the SQLite file
-    ``db_path`` or any ``storage_url``."""
+    """A complete config file for one campaign (Jane's, as in :mod:`tests.harness`, SMS
+    only) whose SMS goes to the Twilio fake at ``twilio_url``; its database is the SQLite
+    file ``db_path`` or any ``storage_url``."""
     url = storage_url or f"sqlite+aiosqlite:///{db_path}"
     dispatch = ("" if lease_seconds is None
                 else f"\n[dispatch]\nlease_seconds = {lease_seconds}\n")
-    path.write_text(f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-public_url = "{PUBLIC_URL}"
-
-[storage]
-url = "{url}"
-pool_size = {pool_size}
-
-[security]
-secret_key = "{secret}"
-
-[policy]
-denied_sources = ["union mailing list", "society group chat"]
-{extra_policy}
-
-[[campaigns]]
-slug = "{JANE}"
-name = "Jane Doe for President"
-imprint = "Promoted by Jane Doe, 1 Example Road, London"
-consent_text = "Yes, send me updates about Jane's campaign. Reply STOP at any time."
-operators = [ {{ name = "Jane Doe", token = "{JANE_TOKEN}", role = "organiser" }} ]
-
-[campaigns.sms]
-provider = "twilio"
-account_sid = "{JANE_SID}"
-auth_token = "{JANE_AUTH}"
-from_number = "{JANE_NUMBER}"
-api_base_url = "{twilio_url}"
-rate_per_second = {rate}
-{dispatch}""", encoding="utf-8")
+    path.write_text(config_text(url, twilio_url, port=port, rate=rate, secret=secret,
+                                pool_size=pool_size, extra_policy=extra_policy,
+                                jane_email=None, auditor=False, bob=False, dispatch=dispatch),
+                    encoding="utf-8")
     return path
 
 
