@@ -270,18 +270,7 @@ class Dispatcher:
     async def _admit_and_send(self, batch: list[Claimed]) -> int:
         results = self._take_results(self._done)
         try:
-            # Earlier sends' results first: a provider's opt-out is then on record before
-            # this batch is decided.
-            if all(r.error is None for r in results):
-                # The usual case, in one go (Database.write_sync).
-                sent = [(r.claimed.id, r.provider_id) for r in results]
-                admission = await self.db.write_sync(
-                    functools.partial(self._record_sent_and_admit, sent, batch), bulk=True)
-            else:
-                async with self.db.write(bulk=True) as conn:
-                    await self._record(conn, results)
-                    admission = await self.gate.admit(conn, self.worker_id, batch,
-                                                      self.lease_seconds)
+            admission = await self._write(results, batch)
         except BaseException:
             self._recorder_only.extend(results)
             self._have_results.set()
@@ -301,6 +290,19 @@ class Dispatcher:
             task.add_done_callback(self._in_flight.discard)
         self._recorded(results)  # after the sends have started: log lines can wait
         return len(admission.permitted)
+
+    async def _write(self, results: list[_Result], batch: list[Claimed]) -> Admission:
+        """Write earlier sends' ``results``, then decide ``batch`` (may be empty), in one
+        transaction: the results first, so a provider's opt-out is on record before the
+        batch is decided. When every result is a success (the usual case) it runs in one
+        go (:meth:`Database.write_sync`)."""
+        if all(r.error is None for r in results):
+            sent = [(r.claimed.id, r.provider_id) for r in results]
+            return await self.db.write_sync(
+                functools.partial(self._record_sent_and_admit, sent, batch), bulk=True)
+        async with self.db.write(bulk=True) as conn:
+            await self._record(conn, results)
+            return await self.gate.admit(conn, self.worker_id, batch, self.lease_seconds)
 
     def _record_sent_and_admit(self, sent: list[tuple[int, str | None]],
                                batch: list[Claimed], conn: Connection) -> Admission:
@@ -357,13 +359,7 @@ class Dispatcher:
                 if most is not None:
                     most -= len(batch)
                 try:
-                    if all(r.error is None for r in batch):
-                        await self.db.write_sync(functools.partial(
-                            outbox.mark_sent_sync,
-                            sent=[(r.claimed.id, r.provider_id) for r in batch]), bulk=True)
-                    else:
-                        async with self.db.write(bulk=True) as conn:
-                            await self._record(conn, batch)
+                    await self._write(batch, [])
                 except asyncio.CancelledError:
                     source.extendleft(reversed(batch))  # not written: still to do
                     self._have_results.set()

@@ -138,8 +138,7 @@ class ConsentGate:
                 assert decision.reason is not None
                 out.refused.append((claimed, decision.reason))
         if allowed:
-            conn.execute(_ADMIT, {"ids": allowed, "m_now": now,
-                                        "m_expires": now + lease_seconds})
+            conn.execute(_ADMIT, {"ids": allowed, "m_now": now, "m_expires": now + lease_seconds})
             for message_id in allowed:
                 c = by_id[message_id]
                 out.permitted.append(

@@ -28,7 +28,6 @@ __all__ = [
     "MAX_ATTEMPTS",
     "backoff",
     "cancel_queued_for",
-    "claim",
     "claim_sync",
     "enqueue",
     "mark_failed",
@@ -120,17 +119,6 @@ async def has_due(conn: AsyncConnection, *, campaign: str, channel: str,
     now = time.time() if now is None else now
     params = {"d_campaign": campaign, "d_channel": channel, "d_now": now}
     return (await conn.execute(_ANY_DUE, params)).first() is not None
-
-
-async def claim(
-    conn: AsyncConnection, *, worker: str, campaign: str, channel: str, limit: int,
-    lease_seconds: float, now: float | None = None,
-) -> list[Claimed]:
-    """Lease up to ``limit`` due messages (see :func:`claim_sync`)."""
-    return await conn.run_sync(
-        lambda sync_conn: claim_sync(sync_conn, worker=worker, campaign=campaign,
-                                     channel=channel, limit=limit,
-                                     lease_seconds=lease_seconds, now=now))
 
 
 def claim_sync(
