@@ -63,6 +63,7 @@ async def _serve(settings: Settings, with_web: bool) -> int:
     from aiohttp import web
 
     from bot.gateway import Gateway
+    from bot.runtime import tune_garbage_collector
     from bot.web.app import create_app
     from storage.db import DatabaseBusy
 
@@ -90,8 +91,6 @@ async def _serve(settings: Settings, with_web: bool) -> int:
                          f"{exc.strerror or exc}", 1)
         if gateway.mail_listeners is not None:  # inbound mail: unsubscribes, replies, bounces
             await gateway.mail_listeners.start()
-    from bot.runtime import tune_garbage_collector
-
     tune_garbage_collector()
     log.info("consentgate.started", web=with_web, host=settings.server.host,
              port=settings.server.port, campaigns=[c.slug for c in settings.campaigns],
