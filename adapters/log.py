@@ -11,7 +11,7 @@ import itertools
 
 import structlog
 
-from adapters.base import OutboundMessage, Permit, SendResult, mask
+from consentgate.adapters.base import OutboundMessage, Permit, SendResult, mask
 
 __all__ = ["LogChannel"]
 

@@ -33,7 +33,7 @@ import aiosmtplib
 import dkim as dkimpy
 from email_validator import EmailNotValidError, validate_email
 
-from adapters.base import (
+from consentgate.adapters.base import (
     OutboundMessage,
     OutcomeUnknown,
     PermanentSendError,

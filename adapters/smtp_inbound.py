@@ -39,7 +39,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from adapters.base import InboundEvent
+from consentgate.adapters.base import InboundEvent
 
 __all__ = [
     "MAX_MESSAGE_SIZE",

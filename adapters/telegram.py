@@ -59,7 +59,7 @@ from telegram.error import (
 from telegram.request import HTTPXRequest
 from telegram.warnings import PTBDeprecationWarning
 
-from adapters.base import (
+from consentgate.adapters.base import (
     InboundEvent,
     OutboundMessage,
     OutcomeUnknown,

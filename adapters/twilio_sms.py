@@ -24,7 +24,7 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 from twilio.twiml.messaging_response import MessagingResponse
 
-from adapters.base import (
+from consentgate.adapters.base import (
     InboundEvent,
     OutboundMessage,
     OutcomeUnknown,

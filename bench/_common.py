@@ -22,11 +22,11 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from bot.ledger import Ledger
-from storage.db import Database
-from storage.models import subscriptions
-from tests.fakes.twilio_api import SentSms
-from tests.harness import JANE, SECRET
+from consentgate.bot.ledger import Ledger
+from consentgate.storage.db import Database
+from consentgate.storage.models import subscriptions
+from consentgate.testing.fakes.twilio_api import SentSms
+from consentgate.testing.harness import JANE, SECRET
 
 __all__ = [
     "OUT",
@@ -109,7 +109,7 @@ def configure_quiet_logging(name: str, level: str = "INFO") -> Path:
 
     import structlog
 
-    from bot.logs import configure_logging
+    from consentgate.bot.logs import configure_logging
 
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{name}.log"

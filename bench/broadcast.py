@@ -24,8 +24,8 @@ from bench._common import (
     seed_subscribers,
     write_report,
 )
-from bot.runtime import tune_garbage_collector
-from tests.harness import JANE, running_gateway
+from consentgate.bot.runtime import tune_garbage_collector
+from consentgate.testing.harness import JANE, running_gateway
 
 TEXT = "Polling day is Thursday 7 May. Find your polling station at https://example.org/where"
 RATE = 100_000.0

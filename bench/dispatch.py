@@ -51,11 +51,11 @@ from bench._common import (
     seed_subscribers,
     write_report,
 )
-from bot.dispatch import Dispatcher
-from bot.runtime import tune_garbage_collector
-from storage.db import Database
-from tests.fakes.twilio_api import FakeTwilio
-from tests.harness import (
+from consentgate.bot.dispatch import Dispatcher
+from consentgate.bot.runtime import tune_garbage_collector
+from consentgate.storage.db import Database
+from consentgate.testing.fakes.twilio_api import FakeTwilio
+from consentgate.testing.harness import (
     JANE,
     JANE_AUTH,
     JANE_NUMBER,

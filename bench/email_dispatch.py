@@ -1,9 +1,9 @@
 """Email dispatch rate: a broadcast leaving the gateway for an SMTP relay, against a bare
 aiosmtplib sender delivering the same number of messages to the same relay.
 
-The relay is aiosmtpd (:class:`tests.fakes.smtp_server.SmtpSink`) on loopback, in the same
-process and event loop in both cases. The gateway figure is everything the dispatcher does
-per message (claim, pacing, the gate's read and the move to ``sending``, composing with a
+The relay is aiosmtpd (:class:`consentgate.testing.fakes.smtp_server.SmtpSink`) on loopback, in
+the same process and event loop in both cases. The gateway figure is everything the dispatcher
+does per message (claim, pacing, the gate's read and the move to ``sending``, composing with a
 per-recipient unsubscribe token, VERP address and mailto token, the text and HTML templates,
 MIME building, one SMTP transaction over the adapter's pooled connections, recording the
 answer, one JSON log line). The bare sender builds a multipart text + HTML message per
@@ -38,12 +38,12 @@ from bench._common import (
     run_main,
     write_report,
 )
-from bot.ledger import Ledger
-from bot.runtime import tune_garbage_collector
-from storage.db import Database
-from storage.models import subscriptions
-from tests.fakes.smtp_server import SmtpSink
-from tests.harness import JANE, SECRET, running_gateway, smtp_section
+from consentgate.bot.ledger import Ledger
+from consentgate.bot.runtime import tune_garbage_collector
+from consentgate.storage.db import Database
+from consentgate.storage.models import subscriptions
+from consentgate.testing.fakes.smtp_server import SmtpSink
+from consentgate.testing.harness import JANE, SECRET, running_gateway, smtp_section
 
 TEXT = ("Polling day is Thursday 7 May. Polls are open from 7am to 10pm.\n\n"
         "Find your polling station at https://example.org/where and bring photo ID.")

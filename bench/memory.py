@@ -29,9 +29,9 @@ from typing import Any
 import aiohttp
 
 from bench._common import Arrivals, peak_rss_mb, seed_subscribers, write_report
-from storage.db import Database
-from tests.fakes.twilio_api import FakeTwilio
-from tests.harness import JANE_AUTH, JANE_SID
+from consentgate.storage.db import Database
+from consentgate.testing.fakes.twilio_api import FakeTwilio
+from consentgate.testing.harness import JANE_AUTH, JANE_SID
 from tests.procs import Client, Launcher, free_port, write_config
 
 TEXT = "Polling day is Thursday 7 May. Find your polling station at https://example.org/where"

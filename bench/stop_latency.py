@@ -34,11 +34,11 @@ from bench._common import (
     seed_subscribers,
     write_report,
 )
-from bot.runtime import tune_garbage_collector
-from storage.db import Database
-from tests.fakes.twilio_api import FakeTwilio, new_sid
-from tests.fakes.twilio_webhooks import inbound_sms_form, post_signed
-from tests.harness import (
+from consentgate.bot.runtime import tune_garbage_collector
+from consentgate.storage.db import Database
+from consentgate.testing.fakes.twilio_api import FakeTwilio, new_sid
+from consentgate.testing.fakes.twilio_webhooks import inbound_sms_form, post_signed
+from consentgate.testing.harness import (
     JANE,
     JANE_AUTH,
     JANE_NUMBER,

@@ -15,8 +15,8 @@ import re
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
-from adapters.base import mask
-from bot.errors import InvalidInput
+from consentgate.adapters.base import mask
+from consentgate.bot.errors import InvalidInput
 
 __all__ = ["address_hash", "mask", "normalise_address"]
 

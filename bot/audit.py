@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.models import audit_events, audit_heads
+from consentgate.storage.models import audit_events, audit_heads
 
 __all__ = ["GENESIS", "AuditRecord", "Verification", "append", "first_broken", "record_hash",
            "subject_for", "verify"]

@@ -16,12 +16,12 @@ from typing import Any
 from sqlalchemy import and_, case, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot import audit, outbox
-from bot.errors import Conflict, Forbidden, InvalidInput, NotFound
-from bot.ledger import suppressed_clause
-from bot.messages import MAX_TEXT, iso
-from storage.db import Database
-from storage.models import broadcasts, messages, subscriptions
+from consentgate.bot import audit, outbox
+from consentgate.bot.errors import Conflict, Forbidden, InvalidInput, NotFound
+from consentgate.bot.ledger import suppressed_clause
+from consentgate.bot.messages import MAX_TEXT, iso
+from consentgate.storage.db import Database
+from consentgate.storage.models import broadcasts, messages, subscriptions
 
 __all__ = ["BroadcastService", "MESSAGE_STATUSES", "pause_if_failing"]
 

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bot.config import CampaignSettings, ConfigError, Settings, load_config
+from consentgate.bot.config import CampaignSettings, ConfigError, Settings, load_config
 
 __all__ = ["main"]
 
@@ -62,10 +62,10 @@ async def _serve(settings: Settings, with_web: bool) -> int:
     import structlog
     from aiohttp import web
 
-    from bot.gateway import Gateway
-    from bot.runtime import tune_garbage_collector
-    from bot.web.app import create_app
-    from storage.db import DatabaseBusy
+    from consentgate.bot.gateway import Gateway
+    from consentgate.bot.runtime import tune_garbage_collector
+    from consentgate.bot.web.app import create_app
+    from consentgate.storage.db import DatabaseBusy
 
     log = structlog.get_logger("consentgate")
     try:
@@ -103,7 +103,7 @@ async def _serve(settings: Settings, with_web: bool) -> int:
     retention: asyncio.Task[None] | None = None
     if with_web:
         gateway.telegram.start_polling()  # campaigns with [campaigns.telegram] polling = true
-        from bot.privacy import Privacy, run_daily_retention  # at start-up, then daily
+        from consentgate.bot.privacy import Privacy, run_daily_retention  # at start-up, then daily
 
         retention = asyncio.create_task(run_daily_retention(
             Privacy(gateway.db, gateway.ledger, settings), stop))
@@ -132,7 +132,7 @@ async def _serve(settings: Settings, with_web: bool) -> int:
 
 async def _with_gateway(settings: Settings,
                         work: Callable[[Any], Awaitable[int]]) -> int:
-    from bot.gateway import Gateway
+    from consentgate.bot.gateway import Gateway
 
     gateway = Gateway(settings)
     await gateway.db.migrate()
@@ -148,7 +148,7 @@ def _print_json(data: Any) -> None:
 
 
 async def _send(gw: Any, args: argparse.Namespace) -> int:
-    from bot.errors import GatewayError
+    from consentgate.bot.errors import GatewayError
 
     campaign = _campaign(gw.settings, args.campaign)
     try:
@@ -163,7 +163,7 @@ async def _send(gw: Any, args: argparse.Namespace) -> int:
 async def _broadcast(gw: Any, args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from bot.errors import GatewayError
+    from consentgate.bot.errors import GatewayError
 
     campaign = _campaign(gw.settings, args.campaign)
     actor = _actor(campaign, args.as_, change=not args.dry_run)
@@ -197,8 +197,8 @@ async def _broadcast(gw: Any, args: argparse.Namespace) -> int:
 
 
 async def _import(gw: Any, args: argparse.Namespace) -> int:
-    from bot.errors import GatewayError
-    from bot.imports import import_consents
+    from consentgate.bot.errors import GatewayError
+    from consentgate.bot.imports import import_consents
 
     campaign = _campaign(gw.settings, args.campaign)
     try:
@@ -217,9 +217,9 @@ async def _explain(gw: Any, args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from bot.addresses import normalise_address
-    from bot.errors import GatewayError
-    from bot.messages import iso
+    from consentgate.bot.addresses import normalise_address
+    from consentgate.bot.errors import GatewayError
+    from consentgate.bot.messages import iso
 
     campaign = _campaign(gw.settings, args.campaign)
     try:
@@ -244,8 +244,8 @@ async def _explain(gw: Any, args: argparse.Namespace) -> int:
 
 
 async def _telegram(gw: Any, args: argparse.Namespace) -> int:
-    from adapters.base import SendError
-    from bot.errors import GatewayError
+    from consentgate.adapters.base import SendError
+    from consentgate.bot.errors import GatewayError
 
     campaign = _campaign(gw.settings, args.campaign)
     try:
@@ -263,9 +263,9 @@ async def _telegram(gw: Any, args: argparse.Namespace) -> int:
 
 
 async def _links(gw: Any, args: argparse.Namespace) -> int:
-    from bot.errors import GatewayError
-    from bot.links import qr_png, qr_svg
-    from bot.web.links_api import link_view
+    from consentgate.bot.errors import GatewayError
+    from consentgate.bot.links import qr_png, qr_svg
+    from consentgate.bot.web.links_api import link_view
 
     campaign = _campaign(gw.settings, args.campaign)
     try:
@@ -293,8 +293,8 @@ async def _links(gw: Any, args: argparse.Namespace) -> int:
 
 
 async def _subject(gw: Any, args: argparse.Namespace) -> int:
-    from bot.errors import GatewayError
-    from bot.privacy import Privacy
+    from consentgate.bot.errors import GatewayError
+    from consentgate.bot.privacy import Privacy
 
     campaign = _campaign(gw.settings, args.campaign)
     privacy = Privacy(gw.db, gw.ledger, gw.settings)
@@ -331,9 +331,9 @@ async def _subject(gw: Any, args: argparse.Namespace) -> int:
 
 
 async def _suppressions(gw: Any, args: argparse.Namespace) -> int:
-    from bot.errors import GatewayError
-    from bot.imports import import_opt_outs
-    from bot.privacy import Privacy
+    from consentgate.bot.errors import GatewayError
+    from consentgate.bot.imports import import_opt_outs
+    from consentgate.bot.privacy import Privacy
 
     campaign = _campaign(gw.settings, args.campaign)
     try:
@@ -356,7 +356,7 @@ async def _suppressions(gw: Any, args: argparse.Namespace) -> int:
 
 
 async def _retention(gw: Any, args: argparse.Namespace) -> int:
-    from bot.privacy import Privacy
+    from consentgate.bot.privacy import Privacy
 
     results = await Privacy(gw.db, gw.ledger, gw.settings).run_retention()
     _print_json({"retention_days": gw.settings.policy.retention_days,
@@ -365,7 +365,7 @@ async def _retention(gw: Any, args: argparse.Namespace) -> int:
 
 
 async def _audit(gw: Any, args: argparse.Namespace) -> int:
-    from bot import audit
+    from consentgate.bot import audit
 
     slugs = ([_campaign(gw.settings, args.campaign).slug] if args.campaign
              else [c.slug for c in gw.settings.campaigns])
@@ -386,7 +386,7 @@ async def _report(gw: Any, args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from bot.report import compliance_report
+    from consentgate.bot.report import compliance_report
 
     campaign = _campaign(gw.settings, args.slug or args.campaign)
     data = await compliance_report(gw.db, campaign.slug)
@@ -551,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"consentgate: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    from bot.logs import configure_logging
+    from consentgate.bot.logs import configure_logging
 
     configure_logging()
     handlers: dict[str, Callable[[Any, argparse.Namespace], Awaitable[int]]] = {

@@ -15,14 +15,14 @@ from urllib.parse import urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from adapters.base import OutboundMessage
-from bot.config import CampaignSettings
-from bot.outbox import Claimed
-from bot.telegram import consent_buttons
-from bot.tokens import Tokens, TokenSubject
+from consentgate.adapters.base import OutboundMessage
+from consentgate.bot.config import CampaignSettings
+from consentgate.bot.outbox import Claimed
+from consentgate.bot.telegram import consent_buttons
+from consentgate.bot.tokens import Tokens, TokenSubject
 
 if TYPE_CHECKING:
-    from bot.unsubscribe import MailTokens
+    from consentgate.bot.unsubscribe import MailTokens
 
 __all__ = ["Composer", "says_how_to_opt_out"]
 

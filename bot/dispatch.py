@@ -27,7 +27,7 @@ import structlog
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from adapters.base import (
+from consentgate.adapters.base import (
     CHANNELS,
     ChannelAdapter,
     Permit,
@@ -36,16 +36,16 @@ from adapters.base import (
     RetryableSendError,
     SendError,
 )
-from bot import outbox
-from bot.addresses import mask
-from bot.broadcasts import pause_if_failing
-from bot.compose import Composer
-from bot.gate import Admission, ConsentGate
-from bot.ledger import Ledger
-from bot.metrics import Metrics
-from bot.outbox import Claimed
-from bot.ratelimit import Pacer, SendBudget
-from storage.db import Database
+from consentgate.bot import outbox
+from consentgate.bot.addresses import mask
+from consentgate.bot.broadcasts import pause_if_failing
+from consentgate.bot.compose import Composer
+from consentgate.bot.gate import Admission, ConsentGate
+from consentgate.bot.ledger import Ledger
+from consentgate.bot.metrics import Metrics
+from consentgate.bot.outbox import Claimed
+from consentgate.bot.ratelimit import Pacer, SendBudget
+from consentgate.storage.db import Database
 
 __all__ = ["Dispatcher"]
 

@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import Connection, Select, and_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from adapters.base import Permit, _issue_permit
-from bot.consent import (
+from consentgate.adapters.base import Permit, _issue_permit
+from consentgate.bot.consent import (
     Decision,
     Reason,
     Status,
@@ -28,9 +28,9 @@ from bot.consent import (
     decide,
     next_send_time,
 )
-from bot.ledger import Ledger, suppressed_clause
-from bot.outbox import Claimed
-from storage.models import messages, subscriptions
+from consentgate.bot.ledger import Ledger, suppressed_clause
+from consentgate.bot.outbox import Claimed
+from consentgate.storage.models import messages, subscriptions
 
 __all__ = ["Admission", "CampaignRules", "ConsentGate"]
 

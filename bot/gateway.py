@@ -12,27 +12,27 @@ from typing import IO
 
 from sqlalchemy import select
 
-from adapters.base import ChannelAdapter
-from adapters.log import LogChannel
-from bot.broadcasts import BroadcastService
-from bot.compose import Composer
-from bot.config import CampaignSettings, Settings
-from bot.dispatch import Dispatcher
-from bot.gate import CampaignRules, ConsentGate
-from bot.inbound import InboundService
-from bot.ledger import Ledger
-from bot.links import LinkService
-from bot.messages import MessageService
-from bot.metrics import Metrics
-from bot.pgpacer import SharedPacer
-from bot.telegram import TelegramService, telegram_bots
-from bot.tokens import Tokens
-from bot.unsubscribe import MailTokens, UnsubscribeService
-from bot.versions import consent_text_version
-from storage.db import Database
-from storage.models import campaigns as campaigns_table
-from storage.models import consent_texts
-from storage.sql import insert_ignore, upsert
+from consentgate.adapters.base import ChannelAdapter
+from consentgate.adapters.log import LogChannel
+from consentgate.bot.broadcasts import BroadcastService
+from consentgate.bot.compose import Composer
+from consentgate.bot.config import CampaignSettings, Settings
+from consentgate.bot.dispatch import Dispatcher
+from consentgate.bot.gate import CampaignRules, ConsentGate
+from consentgate.bot.inbound import InboundService
+from consentgate.bot.ledger import Ledger
+from consentgate.bot.links import LinkService
+from consentgate.bot.messages import MessageService
+from consentgate.bot.metrics import Metrics
+from consentgate.bot.pgpacer import SharedPacer
+from consentgate.bot.telegram import TelegramService, telegram_bots
+from consentgate.bot.tokens import Tokens
+from consentgate.bot.unsubscribe import MailTokens, UnsubscribeService
+from consentgate.bot.versions import consent_text_version
+from consentgate.storage.db import Database
+from consentgate.storage.models import campaigns as campaigns_table
+from consentgate.storage.models import consent_texts
+from consentgate.storage.sql import insert_ignore, upsert
 
 __all__ = ["Gateway", "build_adapter"]
 
@@ -44,7 +44,7 @@ def build_adapter(settings: Settings, campaign: CampaignSettings,
     if channel == "sms" and campaign.sms is not None:
         sms = campaign.sms
         if sms.provider == "twilio":
-            from adapters.twilio_sms import TwilioSms
+            from consentgate.adapters.twilio_sms import TwilioSms
 
             assert sms.account_sid and sms.auth_token
             return TwilioSms(
@@ -56,7 +56,7 @@ def build_adapter(settings: Settings, campaign: CampaignSettings,
     if channel == "email" and campaign.email is not None:
         email = campaign.email
         if email.provider == "smtp":
-            from adapters.smtp_email import DkimKey, SmtpEmail
+            from consentgate.adapters.smtp_email import DkimKey, SmtpEmail
 
             dkim = None
             if email.dkim_selector and email.dkim_domain and email.dkim_private_key_file:
@@ -72,7 +72,7 @@ def build_adapter(settings: Settings, campaign: CampaignSettings,
     if channel == "telegram" and campaign.telegram is not None:
         tg = campaign.telegram
         if tg.provider == "telegram":
-            from adapters.telegram import TelegramChannel
+            from consentgate.adapters.telegram import TelegramChannel
 
             assert tg.bot_token
             return TelegramChannel(bot_token=tg.bot_token, api_base_url=tg.api_base_url,
@@ -134,7 +134,7 @@ class Gateway:
 
     async def start(self) -> None:
         """Migrate, sync campaigns, recover from a previous crash."""
-        from bot import outbox
+        from consentgate.bot import outbox
 
         if self.db.is_sqlite:
             self._lock = self.db.claim_single_process()
@@ -165,7 +165,7 @@ class Gateway:
                     dict(campaign=c.slug, version=version, text=c.consent_text,
                          first_used_at=now)))
                 if row is None or row.consent_text_version != version:
-                    from bot import audit
+                    from consentgate.bot import audit
 
                     await audit.append(conn, c.slug, "config", "campaign.synced",
                                        f"campaign#{c.slug}",

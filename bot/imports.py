@@ -24,17 +24,17 @@ from typing import Any
 from sqlalchemy import select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from adapters.base import CHANNELS
-from bot import audit
-from bot.addresses import normalise_address
-from bot.config import CampaignSettings
-from bot.consent import CONSENT_METHODS, source_is_denied
-from bot.errors import GatewayError, InvalidInput
-from bot.ledger import Ledger
-from bot.versions import consent_text_version
-from storage.db import Database
-from storage.models import consent_events, messages, subscriptions, suppressions
-from storage.sql import dialect_insert
+from consentgate.adapters.base import CHANNELS
+from consentgate.bot import audit
+from consentgate.bot.addresses import normalise_address
+from consentgate.bot.config import CampaignSettings
+from consentgate.bot.consent import CONSENT_METHODS, source_is_denied
+from consentgate.bot.errors import GatewayError, InvalidInput
+from consentgate.bot.ledger import Ledger
+from consentgate.bot.versions import consent_text_version
+from consentgate.storage.db import Database
+from consentgate.storage.models import consent_events, messages, subscriptions, suppressions
+from consentgate.storage.sql import dialect_insert
 
 __all__ = ["HASH_PREFIX", "ImportReport", "import_consents", "import_opt_outs"]
 

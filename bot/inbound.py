@@ -16,18 +16,18 @@ import structlog
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from adapters.base import InboundEvent
-from bot.addresses import mask, normalise_address
-from bot.config import CampaignSettings
-from bot.consent import Evidence, Status
-from bot.errors import GatewayError
-from bot.keywords import Intent, classify
-from bot.ledger import Ledger
-from bot.metrics import Metrics
-from bot.versions import consent_text_version
-from storage.db import Database
-from storage.models import inbound_messages, links, messages, processed_events
-from storage.sql import insert_ignore
+from consentgate.adapters.base import InboundEvent
+from consentgate.bot.addresses import mask, normalise_address
+from consentgate.bot.config import CampaignSettings
+from consentgate.bot.consent import Evidence, Status
+from consentgate.bot.errors import GatewayError
+from consentgate.bot.keywords import Intent, classify
+from consentgate.bot.ledger import Ledger
+from consentgate.bot.metrics import Metrics
+from consentgate.bot.versions import consent_text_version
+from consentgate.storage.db import Database
+from consentgate.storage.models import inbound_messages, links, messages, processed_events
+from consentgate.storage.sql import insert_ignore
 
 __all__ = ["InboundResult", "InboundService", "reply_texts"]
 

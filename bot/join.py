@@ -33,17 +33,17 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot import outbox
-from bot.addresses import mask, normalise_address
-from bot.config import CampaignSettings
-from bot.consent import Evidence, Status
-from bot.errors import GatewayError, NotFound
-from bot.ledger import Ledger
-from bot.links import Link, LinkService
-from bot.tokens import TokenError, Tokens, TokenSubject
-from bot.versions import consent_text_version
-from storage.db import Database
-from storage.models import messages, subscriptions
+from consentgate.bot import outbox
+from consentgate.bot.addresses import mask, normalise_address
+from consentgate.bot.config import CampaignSettings
+from consentgate.bot.consent import Evidence, Status
+from consentgate.bot.errors import GatewayError, NotFound
+from consentgate.bot.ledger import Ledger
+from consentgate.bot.links import Link, LinkService
+from consentgate.bot.tokens import TokenError, Tokens, TokenSubject
+from consentgate.bot.versions import consent_text_version
+from consentgate.storage.db import Database
+from consentgate.storage.models import messages, subscriptions
 
 __all__ = [
     "CONFIRM_MAX_AGE",

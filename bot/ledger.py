@@ -15,12 +15,12 @@ from typing import Any
 from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot import audit, outbox
-from bot.addresses import address_hash
-from bot.consent import Evidence, Status, SubscriberState, check_new_consent
-from bot.errors import Conflict, InvalidInput
-from storage.models import consent_events, subscriptions, suppressions
-from storage.sql import upsert
+from consentgate.bot import audit, outbox
+from consentgate.bot.addresses import address_hash
+from consentgate.bot.consent import Evidence, Status, SubscriberState, check_new_consent
+from consentgate.bot.errors import Conflict, InvalidInput
+from consentgate.storage.models import consent_events, subscriptions, suppressions
+from consentgate.storage.sql import upsert
 
 __all__ = ["HistoryEntry", "Ledger", "suppressed_clause"]
 

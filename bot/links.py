@@ -34,13 +34,13 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from adapters.base import PermanentSendError, RetryableSendError
-from adapters.telegram import TelegramChannel
-from bot import audit
-from bot.config import CampaignSettings
-from bot.errors import GatewayError, InvalidInput, NotFound
-from storage.db import Database
-from storage.models import links
+from consentgate.adapters.base import PermanentSendError, RetryableSendError
+from consentgate.adapters.telegram import TelegramChannel
+from consentgate.bot import audit
+from consentgate.bot.config import CampaignSettings
+from consentgate.bot.errors import GatewayError, InvalidInput, NotFound
+from consentgate.storage.db import Database
+from consentgate.storage.models import links
 
 __all__ = [
     "Link",

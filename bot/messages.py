@@ -17,14 +17,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot import audit, outbox
-from bot.addresses import normalise_address
-from bot.config import CampaignSettings
-from bot.errors import Forbidden, InvalidInput, NotFound
-from bot.gate import ConsentGate
-from bot.ledger import Ledger
-from storage.db import Database
-from storage.models import idempotency_keys, messages
+from consentgate.bot import audit, outbox
+from consentgate.bot.addresses import normalise_address
+from consentgate.bot.config import CampaignSettings
+from consentgate.bot.errors import Forbidden, InvalidInput, NotFound
+from consentgate.bot.gate import ConsentGate
+from consentgate.bot.ledger import Ledger
+from consentgate.storage.db import Database
+from consentgate.storage.models import idempotency_keys, messages
 
 __all__ = ["MessageService", "iso"]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Integer, Update, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.models import broadcasts, messages
+from consentgate.storage.models import broadcasts, messages
 
 __all__ = [
     "ACTIVE_STATUSES",

@@ -21,7 +21,7 @@ import time
 import structlog
 from sqlalchemy import text
 
-from storage.db import Database
+from consentgate.storage.db import Database
 
 __all__ = ["SharedPacer"]
 

@@ -38,16 +38,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot import audit
-from bot.addresses import normalise_address
-from bot.config import CampaignSettings, Settings
-from bot.consent import Status
-from bot.errors import Conflict, NotFound
-from bot.imports import HASH_PREFIX
-from bot.ledger import Ledger
-from bot.messages import iso
-from storage.db import Database
-from storage.models import (
+from consentgate.bot import audit
+from consentgate.bot.addresses import normalise_address
+from consentgate.bot.config import CampaignSettings, Settings
+from consentgate.bot.consent import Status
+from consentgate.bot.errors import Conflict, NotFound
+from consentgate.bot.imports import HASH_PREFIX
+from consentgate.bot.ledger import Ledger
+from consentgate.bot.messages import iso
+from consentgate.storage.db import Database
+from consentgate.storage.models import (
     audit_events,
     broadcasts,
     consent_events,
@@ -59,7 +59,7 @@ from storage.models import (
     subscriptions,
     suppressions,
 )
-from storage.sql import dialect_insert
+from consentgate.storage.sql import dialect_insert
 
 __all__ = [
     "PSEUDONYM_PREFIX",

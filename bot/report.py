@@ -18,10 +18,10 @@ from typing import Any
 from sqlalchemy import and_, case, exists, func, literal, not_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot import audit
-from bot.messages import iso
-from storage.db import Database
-from storage.models import audit_events, consent_events, inbound_messages, messages
+from consentgate.bot import audit
+from consentgate.bot.messages import iso
+from consentgate.storage.db import Database
+from consentgate.storage.models import audit_events, consent_events, inbound_messages, messages
 
 __all__ = ["RIGHTS_ACTIONS", "compliance_report"]
 

@@ -36,22 +36,27 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from adapters.base import InboundEvent, PermanentSendError, RetryableSendError, SendError
-from adapters.telegram import ALLOWED_UPDATES, TelegramChannel, parse_update
-from bot import audit, outbox
-from bot.addresses import mask
-from bot.config import CampaignSettings
-from bot.consent import Evidence, Status
-from bot.errors import InvalidInput, NotFound
-from bot.inbound import InboundService, reply_texts
-from bot.keywords import Intent
-from bot.ledger import Ledger
-from bot.links import Link, LinkService, ProviderUnavailable
-from bot.metrics import Metrics
-from bot.versions import consent_text_version
-from storage.db import Database
-from storage.models import consent_texts, processed_events
-from storage.sql import insert_ignore
+from consentgate.adapters.base import (
+    InboundEvent,
+    PermanentSendError,
+    RetryableSendError,
+    SendError,
+)
+from consentgate.adapters.telegram import ALLOWED_UPDATES, TelegramChannel, parse_update
+from consentgate.bot import audit, outbox
+from consentgate.bot.addresses import mask
+from consentgate.bot.config import CampaignSettings
+from consentgate.bot.consent import Evidence, Status
+from consentgate.bot.errors import InvalidInput, NotFound
+from consentgate.bot.inbound import InboundService, reply_texts
+from consentgate.bot.keywords import Intent
+from consentgate.bot.ledger import Ledger
+from consentgate.bot.links import Link, LinkService, ProviderUnavailable
+from consentgate.bot.metrics import Metrics
+from consentgate.bot.versions import consent_text_version
+from consentgate.storage.db import Database
+from consentgate.storage.models import consent_texts, processed_events
+from consentgate.storage.sql import insert_ignore
 
 __all__ = [
     "CONSENT_PROMPT_SUBJECT",

@@ -29,19 +29,19 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from adapters.base import InboundEvent
-from bot.addresses import mask, normalise_address
-from bot.broadcasts import pause_if_failing
-from bot.config import CampaignSettings, ConfigError
-from bot.consent import Status
-from bot.errors import GatewayError
-from bot.keywords import Intent, classify
-from bot.ledger import Ledger
-from bot.metrics import Metrics
-from bot.tokens import TokenError, Tokens
-from storage.db import Database
-from storage.models import inbound_messages, messages, processed_events, subscriptions
-from storage.sql import insert_ignore
+from consentgate.adapters.base import InboundEvent
+from consentgate.bot.addresses import mask, normalise_address
+from consentgate.bot.broadcasts import pause_if_failing
+from consentgate.bot.config import CampaignSettings, ConfigError
+from consentgate.bot.consent import Status
+from consentgate.bot.errors import GatewayError
+from consentgate.bot.keywords import Intent, classify
+from consentgate.bot.ledger import Ledger
+from consentgate.bot.metrics import Metrics
+from consentgate.bot.tokens import TokenError, Tokens
+from consentgate.storage.db import Database
+from consentgate.storage.models import inbound_messages, messages, processed_events, subscriptions
+from consentgate.storage.sql import insert_ignore
 
 __all__ = [
     "MailListeners",
@@ -251,7 +251,7 @@ class UnsubscribeService:
                     f"for domain {domain!r}; campaigns share a listener only with its domain")
         if not wanted:
             return None
-        from adapters.smtp_inbound import InboundMailServer
+        from consentgate.adapters.smtp_inbound import InboundMailServer
 
         servers: list[_Server] = [
             InboundMailServer(host, port, domain, self._handler_for(domain))

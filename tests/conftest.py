@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Harness, running_gateway
+from consentgate.testing.harness import Harness, running_gateway
 
 PG_ADMIN = os.environ.get("CONSENTGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

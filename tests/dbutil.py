@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from storage import models
+from consentgate.storage import models
 
 
 async def counts(db: Any) -> dict[str, int]:

@@ -24,8 +24,8 @@ from typing import Any
 
 import aiohttp
 
-from tests.fakes.twilio_webhooks import inbound_sms_form, post_signed
-from tests.harness import (
+from consentgate.testing.fakes.twilio_webhooks import inbound_sms_form, post_signed
+from consentgate.testing.harness import (
     JANE,
     JANE_AUTH,
     JANE_NUMBER,
@@ -66,9 +66,9 @@ def write_config(path: Path, *, db_path: Path | None = None, storage_url: str | 
                  twilio_url: str, port: int, rate: float = 200.0, extra_policy: str = "",
                  secret: str = SECRET, pool_size: int = 10,
                  lease_seconds: float | None = None) -> Path:
-    """A complete config file for one campaign (Jane's, as in :mod:`tests.harness`, SMS
-    only) whose SMS goes to the Twilio fake at ``twilio_url``; its database is the SQLite
-    file ``db_path`` or any ``storage_url``."""
+    """A complete config file for one campaign (Jane's, as in
+        :mod:`consentgate.testing.harness`, SMS only) whose SMS goes to the Twilio fake at
+    ``twilio_url``; its database is the SQLite file ``db_path`` or any ``storage_url``."""
     url = storage_url or f"sqlite+aiosqlite:///{db_path}"
     dispatch = ("" if lease_seconds is None
                 else f"\n[dispatch]\nlease_seconds = {lease_seconds}\n")

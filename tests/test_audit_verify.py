@@ -10,8 +10,8 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from bot import audit
-from tests.harness import JANE, JANE_AUDITOR, Harness
+from consentgate.bot import audit
+from consentgate.testing.harness import JANE, JANE_AUDITOR, Harness
 from tests.procs import CONSENTGATE, write_config
 
 NUMBERS = [f"+4479110000{i:02d}" for i in range(1, 7)]

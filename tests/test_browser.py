@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import PUBLIC_URL, running_gateway
+from consentgate.testing.harness import PUBLIC_URL, running_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = ROOT / "docs" / "join-page.png"

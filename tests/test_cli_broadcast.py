@@ -10,9 +10,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot.broadcasts import PAUSE_AFTER_ATTEMPTS
-from tests.fakes.twilio_api import FakeTwilio
-from tests.harness import JANE_AUTH, JANE_SID
+from consentgate.bot.broadcasts import PAUSE_AFTER_ATTEMPTS
+from consentgate.testing.fakes.twilio_api import FakeTwilio
+from consentgate.testing.harness import JANE_AUTH, JANE_SID
 from tests.procs import CONSENTGATE, Client, Launcher, free_port, numbers, write_config
 
 pytestmark = pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -20,12 +21,22 @@ def _tool(name: str) -> str:
 
 
 def test_ruff_is_clean() -> None:
-    result = subprocess.run([_tool("ruff"), "check", "bot", "adapters", "storage", "tests",
-                             "bench"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([_tool("ruff"), "check", "bot", "adapters", "storage", "testing",
+                             "tests", "bench"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_mypy_strict_is_clean_on_the_packages() -> None:
-    result = subprocess.run([_tool("mypy"), "--strict", "bot", "adapters", "storage"],
+    result = subprocess.run([_tool("mypy"), "--strict", "-p", "consentgate"],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_nothing_imports_the_folders_by_their_bare_names() -> None:
+    """Installed, the folders are consentgate.bot and so on: a bare ``import bot`` would work
+    only from a checkout, and would load a second copy of every module beside the first."""
+    bare = re.compile(r"^\s*(from|import) (bot|adapters|storage|testing)(\.|\s|$)", re.M)
+    found = [str(path.relative_to(ROOT))
+             for folder in ("bot", "adapters", "storage", "testing", "tests", "bench")
+             for path in (ROOT / folder).rglob("*.py") if bare.search(path.read_text())]
+    assert found == []

@@ -18,10 +18,10 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-from bot.addresses import address_hash
-from bot.audit import subject_for
-from tests.fakes.twilio_api import FakeTwilio, new_sid
-from tests.harness import JANE_AUTH, JANE_SID, SECRET
+from consentgate.bot.addresses import address_hash
+from consentgate.bot.audit import subject_for
+from consentgate.testing.fakes.twilio_api import FakeTwilio, new_sid
+from consentgate.testing.harness import JANE_AUTH, JANE_SID, SECRET
 from tests.procs import Client, Launcher, db_rows, free_port, numbers, write_config
 
 pytestmark = pytest.mark.slow

@@ -16,12 +16,12 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from adapters.smtp_inbound import parse_inbound_mail
-from adapters.telegram import parse_update
-from adapters.twilio_sms import parse_inbound_sms, parse_status_callback
-from bot.errors import InvalidInput
-from bot.imports import CONSENT_HEADER, OPT_OUT_HEADER, _rows
-from tests.harness import Harness
+from consentgate.adapters.smtp_inbound import parse_inbound_mail
+from consentgate.adapters.telegram import parse_update
+from consentgate.adapters.twilio_sms import parse_inbound_sms, parse_status_callback
+from consentgate.bot.errors import InvalidInput
+from consentgate.bot.imports import CONSENT_HEADER, OPT_OUT_HEADER, _rows
+from consentgate.testing.harness import Harness
 
 FUZZ = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from consentgate.testing.harness import BOB_TOKEN, Harness, running_gateway
 from tests.dbutil import rows
-from tests.harness import BOB_TOKEN, Harness, running_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -273,7 +273,7 @@ async def test_every_change_is_in_the_audit_chain_under_its_author(gw: Harness) 
     assert ("Jane Doe", "message.queued") in actions
     assert ("recipient", "opt_out.recorded") in actions
     assert all(person not in a["subject"] for a in audit)
-    from bot.audit import AuditRecord, first_broken
+    from consentgate.bot.audit import AuditRecord, first_broken
 
     records = [AuditRecord(r.seq, r.at, r.actor, r.action, r.subject, r.detail, r.prev_hash,
                            r.hash) for r in await rows(gw.db, "audit_events",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.harness import running_gateway
+from consentgate.testing.harness import running_gateway
 
 
 async def test_consent_send_stop_and_broadcast_on_postgres(pg_url: str) -> None:
@@ -40,7 +40,7 @@ async def test_a_large_consent_import_refreshes_the_planner_statistics(pg_url: s
     refreshes the statistics, and the gate's lookup then goes by address."""
     from sqlalchemy import text
 
-    from bot.imports import ANALYZE_AFTER
+    from consentgate.bot.imports import ANALYZE_AFTER
     from tests.procs import numbers
 
     async with running_gateway(pg_url) as gw:

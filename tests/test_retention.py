@@ -12,10 +12,10 @@ from pathlib import Path
 
 from sqlalchemy import update
 
-from bot.privacy import Privacy
-from storage import models
+from consentgate.bot.privacy import Privacy
+from consentgate.storage import models
+from consentgate.testing.harness import BOB_TOKEN, JANE, Harness
 from tests.dbutil import rows
-from tests.harness import BOB_TOKEN, JANE, Harness
 from tests.procs import CONSENTGATE, Launcher, db_rows, eventually, free_port, write_config
 
 FRESH = "+447911000001"

@@ -9,10 +9,10 @@ import io
 import pytest
 from sqlalchemy import update
 
-from bot.privacy import Privacy
-from storage import models
+from consentgate.bot.privacy import Privacy
+from consentgate.storage import models
+from consentgate.testing.harness import JANE, running_gateway
 from tests.dbutil import rows
-from tests.harness import JANE, running_gateway
 from tests.procs import eventually
 
 pytestmark = pytest.mark.postgres

@@ -27,11 +27,11 @@ import asyncpg
 import psutil
 import pytest
 
-from bot.outbox import MAX_ATTEMPTS
-from bot.pgpacer import SharedPacer
-from storage.db import Database
-from tests.fakes.twilio_api import FakeTwilio, SentSms
-from tests.harness import JANE_AUTH, JANE_SID, running_gateway
+from consentgate.bot.outbox import MAX_ATTEMPTS
+from consentgate.bot.pgpacer import SharedPacer
+from consentgate.storage.db import Database
+from consentgate.testing.fakes.twilio_api import FakeTwilio, SentSms
+from consentgate.testing.harness import JANE_AUTH, JANE_SID, running_gateway
 from tests.procs import (
     Client,
     GatewayProcess,

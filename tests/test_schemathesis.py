@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
-from bot.web.app import create_app
-from tests.harness import JANE_TOKEN, Harness
+from consentgate.bot.web.app import create_app
+from consentgate.testing.harness import JANE_TOKEN, Harness
 
 schemathesis = pytest.importorskip("schemathesis")
 yaml = pytest.importorskip("yaml")

@@ -16,8 +16,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.fakes.twilio_api import FakeTwilio
-from tests.harness import JANE_AUTH, JANE_SID, JANE_TOKEN
+from consentgate.testing.fakes.twilio_api import FakeTwilio
+from consentgate.testing.harness import JANE_AUTH, JANE_SID, JANE_TOKEN
 from tests.procs import (
     CONSENTGATE,
     Client,

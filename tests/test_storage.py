@@ -15,9 +15,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
-from bot import outbox
-from storage.db import Database, WriteTurns
-from storage.models import metadata
+from consentgate.bot import outbox
+from consentgate.storage.db import Database, WriteTurns
+from consentgate.storage.models import metadata
 
 # -- WriteTurns ---------------------------------------------------------------------------
 

@@ -8,14 +8,14 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import select
 
-from bot.addresses import normalise_address
-from bot.consent import Evidence, Status
-from bot.errors import InvalidInput, NotFound
-from bot.imports import import_consents, import_opt_outs
-from bot.messages import iso
-from bot.versions import consent_text_version
-from bot.web.common import channel_of, gateway, operator, read_json
-from storage.models import audit_events, inbound_messages
+from consentgate.bot.addresses import normalise_address
+from consentgate.bot.consent import Evidence, Status
+from consentgate.bot.errors import InvalidInput, NotFound
+from consentgate.bot.imports import import_consents, import_opt_outs
+from consentgate.bot.messages import iso
+from consentgate.bot.versions import consent_text_version
+from consentgate.bot.web.common import channel_of, gateway, operator, read_json
+from consentgate.storage.models import audit_events, inbound_messages
 
 __all__ = ["add_routes"]
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from bot.errors import GatewayError
-from bot.gateway import Gateway
-from bot.web import api, join_pages, links_api, pages, privacy_api, webhooks
-from bot.web.common import GATEWAY, OPERATORS, operator_table
-from bot.web.problems import problem
+from consentgate.bot.errors import GatewayError
+from consentgate.bot.gateway import Gateway
+from consentgate.bot.web import api, join_pages, links_api, pages, privacy_api, webhooks
+from consentgate.bot.web.common import GATEWAY, OPERATORS, operator_table
+from consentgate.bot.web.problems import problem
 
 __all__ = ["GATEWAY", "create_app"]
 

@@ -10,10 +10,16 @@ from typing import Any
 
 from aiohttp import web
 
-from adapters.base import CHANNELS
-from bot.config import CampaignSettings
-from bot.errors import Forbidden, GatewayError, InvalidInput, PayloadTooLarge, Unauthorized
-from bot.gateway import Gateway
+from consentgate.adapters.base import CHANNELS
+from consentgate.bot.config import CampaignSettings
+from consentgate.bot.errors import (
+    Forbidden,
+    GatewayError,
+    InvalidInput,
+    PayloadTooLarge,
+    Unauthorized,
+)
+from consentgate.bot.gateway import Gateway
 
 __all__ = ["GATEWAY", "OPERATORS", "Operator", "channel_of", "gateway", "operator",
            "operator_table", "read_json"]

@@ -12,10 +12,10 @@ from typing import Any
 from aiohttp import web
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from bot.errors import NotFound
-from bot.join import JoinService, LinkGone, RateLimited
-from bot.tokens import TokenError
-from bot.web.common import GATEWAY
+from consentgate.bot.errors import NotFound
+from consentgate.bot.join import JoinService, LinkGone, RateLimited
+from consentgate.bot.tokens import TokenError
+from consentgate.bot.web.common import GATEWAY
 
 __all__ = ["JOIN", "add_routes", "render"]
 

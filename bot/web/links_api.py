@@ -9,10 +9,10 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.errors import InvalidInput
-from bot.links import Link, LinkService, qr_png, qr_svg
-from bot.messages import iso
-from bot.web.common import channel_of, gateway, operator, read_json
+from consentgate.bot.errors import InvalidInput
+from consentgate.bot.links import Link, LinkService, qr_png, qr_svg
+from consentgate.bot.messages import iso
+from consentgate.bot.web.common import channel_of, gateway, operator, read_json
 
 __all__ = ["add_routes", "link_view"]
 
@@ -84,7 +84,7 @@ async def get_link_qr_png(request: web.Request) -> web.Response:
 async def get_link_poster(request: web.Request) -> web.Response:
     """A printable poster (``?size=A4`` or ``A5``): campaign, QR code, short URL, link
     name and imprint."""
-    from bot.web.join_pages import render
+    from consentgate.bot.web.join_pages import render
 
     op = operator(request)
     gw = gateway(request)

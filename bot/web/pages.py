@@ -9,9 +9,9 @@ from aiohttp import web
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bot.tokens import TokenError
-from bot.web.common import gateway
-from bot.web.problems import problem
+from consentgate.bot.tokens import TokenError
+from consentgate.bot.web.common import gateway
+from consentgate.bot.web.problems import problem
 
 __all__ = ["add_routes"]
 

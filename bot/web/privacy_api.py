@@ -8,10 +8,10 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.errors import InvalidInput
-from bot.privacy import Privacy
-from bot.report import compliance_report
-from bot.web.common import Operator, channel_of, gateway, operator, read_json
+from consentgate.bot.errors import InvalidInput
+from consentgate.bot.privacy import Privacy
+from consentgate.bot.report import compliance_report
+from consentgate.bot.web.common import Operator, channel_of, gateway, operator, read_json
 
 __all__ = ["add_routes"]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.errors import problem_body
+from consentgate.bot.errors import problem_body
 
 __all__ = ["problem"]
 

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from adapters.telegram import secret_token_is_valid
-from adapters.twilio_sms import (
+from consentgate.adapters.telegram import secret_token_is_valid
+from consentgate.adapters.twilio_sms import (
     parse_inbound_sms,
     parse_status_callback,
     signature_is_valid,
     twiml_reply,
 )
-from bot.config import CampaignSettings
-from bot.errors import Forbidden, InvalidInput, NotFound
-from bot.web.common import gateway, read_json
+from consentgate.bot.config import CampaignSettings
+from consentgate.bot.errors import Forbidden, InvalidInput, NotFound
+from consentgate.bot.web.common import gateway, read_json
 
 __all__ = ["add_routes"]
 

@@ -21,7 +21,7 @@ import aiosmtplib
 import dkim
 import pytest
 
-from adapters.base import (
+from consentgate.adapters.base import (
     ChannelAdapter,
     InboundEvent,
     OutboundMessage,
@@ -33,9 +33,9 @@ from adapters.base import (
     _issue_permit,
     _seal,
 )
-from adapters.smtp_email import DkimKey, SmtpEmail, build_message, normalise_address
-from adapters.smtp_inbound import InboundMailServer, parse_inbound_mail
-from tests.fakes.smtp_server import SmtpSink
+from consentgate.adapters.smtp_email import DkimKey, SmtpEmail, build_message, normalise_address
+from consentgate.adapters.smtp_inbound import InboundMailServer, parse_inbound_mail
+from consentgate.testing.fakes.smtp_server import SmtpSink
 
 FROM = "Jane Doe <jane@example.org>"
 DOMAIN = "mail.example.org"

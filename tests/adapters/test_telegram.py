@@ -16,7 +16,7 @@ import pytest
 import telegram
 from telegram.error import BadRequest
 
-from adapters.base import (
+from consentgate.adapters.base import (
     PERMIT_TTL_SECONDS,
     ChannelAdapter,
     InboundEvent,
@@ -30,7 +30,7 @@ from adapters.base import (
     _issue_permit,
     _seal,
 )
-from adapters.telegram import (
+from consentgate.adapters.telegram import (
     _POOL_SIZE,
     ALLOWED_UPDATES,
     BotIdentity,
@@ -39,7 +39,7 @@ from adapters.telegram import (
     secret_token_is_valid,
     webhook_secret_is_well_formed,
 )
-from tests.fakes.telegram_api import (
+from consentgate.testing.fakes.telegram_api import (
     DEFAULT_BOT_ID,
     FakeTelegram,
     callback_update,

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-from adapters.base import (
+from consentgate.adapters.base import (
     PERMIT_TTL_SECONDS,
     ChannelAdapter,
     OutboundMessage,
@@ -28,15 +28,15 @@ from adapters.base import (
     _issue_permit,
     _seal,
 )
-from adapters.twilio_sms import (
+from consentgate.adapters.twilio_sms import (
     TwilioSms,
     parse_inbound_sms,
     parse_status_callback,
     signature_is_valid,
     twiml_reply,
 )
-from tests.fakes.twilio_api import FakeTwilio
-from tests.fakes.twilio_webhooks import inbound_sms_form, sign, status_callback_form
+from consentgate.testing.fakes.twilio_api import FakeTwilio
+from consentgate.testing.fakes.twilio_webhooks import inbound_sms_form, sign, status_callback_form
 
 FROM = "+447700900000"
 SERVICE = "MG" + "ab" * 16
@@ -220,8 +220,8 @@ async def test_send_works_after_close_by_opening_a_new_session(
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CHILD_SENDER = """
 import asyncio, sys
-from adapters.base import OutboundMessage, _issue_permit
-from adapters.twilio_sms import TwilioSms
+from consentgate.adapters.base import OutboundMessage, _issue_permit
+from consentgate.adapters.twilio_sms import TwilioSms
 
 async def main() -> None:
     base_url, account_sid, auth_token = sys.argv[1:4]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import (
+from consentgate.bot.config import (
     CampaignSettings,
     ConfigError,
     EmailSettings,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.consent import (
+from consentgate.bot.consent import (
     Decision,
     Evidence,
     Reason,

@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from bot.dispatch import Dispatcher
-from bot.gateway import Gateway
-from tests.fakes.smtp_server import SmtpSink
-from tests.harness import JANE, Harness, running_gateway, smtp_section
+from consentgate.bot.dispatch import Dispatcher
+from consentgate.bot.gateway import Gateway
+from consentgate.testing.fakes.smtp_server import SmtpSink
+from consentgate.testing.harness import JANE, Harness, running_gateway, smtp_section
 
 VOTER = "voter@example.com"
 CONNECTIONS = 2

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bot.keywords import Classification, Intent, classify, normalise
+from consentgate.bot.keywords import Classification, Intent, classify, normalise
 
 OPT_OUT = Intent.OPT_OUT
 OPT_OUT_ALL = Intent.OPT_OUT_ALL

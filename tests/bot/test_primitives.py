@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.addresses import address_hash, mask, normalise_address
-from bot.audit import GENESIS, AuditRecord, first_broken, record_hash
-from bot.compose import says_how_to_opt_out
-from bot.errors import InvalidInput
-from bot.tokens import TokenError, Tokens, TokenSubject
+from consentgate.bot.addresses import address_hash, mask, normalise_address
+from consentgate.bot.audit import GENESIS, AuditRecord, first_broken, record_hash
+from consentgate.bot.compose import says_how_to_opt_out
+from consentgate.bot.errors import InvalidInput
+from consentgate.bot.tokens import TokenError, Tokens, TokenSubject
 
 
 @pytest.mark.parametrize(("channel", "raw", "expected"), [

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from consentgate.testing.harness import BOB_TOKEN, JANE_AUDITOR, Harness
 from tests.dbutil import counts, rows
-from tests.harness import BOB_TOKEN, JANE_AUDITOR, Harness
 from tests.procs import eventually
 
 NUMBER = "+447911123456"

@@ -16,9 +16,15 @@ from typing import Any
 
 import pytest
 
-from bot import broadcasts
+from consentgate.bot import broadcasts
+from consentgate.testing.harness import (
+    BOB_TOKEN,
+    JANE_AUDITOR,
+    JANE_TOKEN,
+    Harness,
+    running_gateway,
+)
 from tests.dbutil import counts, rows
-from tests.harness import BOB_TOKEN, JANE_AUDITOR, JANE_TOKEN, Harness, running_gateway
 from tests.procs import eventually
 
 PAUSE_AFTER = 10

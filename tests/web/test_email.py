@@ -25,10 +25,10 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import select
 
-from bot.broadcasts import HELD_UNTIL
-from storage.models import messages
-from tests.fakes.smtp_server import ReceivedMail, SmtpSink
-from tests.harness import JANE, PUBLIC_URL, Harness, running_gateway, smtp_section
+from consentgate.bot.broadcasts import HELD_UNTIL
+from consentgate.storage.models import messages
+from consentgate.testing.fakes.smtp_server import ReceivedMail, SmtpSink
+from consentgate.testing.harness import JANE, PUBLIC_URL, Harness, running_gateway, smtp_section
 
 FROM = "Jane Doe <jane@example.org>"
 DOMAIN = "reply.example.org"
@@ -366,7 +366,7 @@ async def test_a_tampered_or_made_up_token_is_404_and_changes_nothing(
 async def test_a_token_made_for_another_purpose_is_not_an_unsubscribe_link(
     mail: Harness
 ) -> None:
-    from bot.tokens import TokenSubject
+    from consentgate.bot.tokens import TokenSubject
 
     await mail.subscribe(VOTER, channel="email")
     ahash = mail.gateway.ledger.hash("email", VOTER)
@@ -701,7 +701,7 @@ async def test_dkim_signs_the_campaign_email_over_both_unsubscribe_headers(
 def test_campaigns_share_an_inbound_listener_only_with_its_domain(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from bot.cli import main
+    from consentgate.bot.cli import main
 
     def campaign(slug: str, domain: str) -> str:
         return f"""

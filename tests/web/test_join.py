@@ -15,10 +15,10 @@ import aiohttp
 import pytest
 from sqlalchemy import select, update
 
-from bot.join import SlidingWindow
-from storage.models import links, messages
-from tests.fakes.smtp_server import SmtpSink
-from tests.harness import BOB_TOKEN, JANE, PUBLIC_URL, Harness, running_gateway
+from consentgate.bot.join import SlidingWindow
+from consentgate.storage.models import links, messages
+from consentgate.testing.fakes.smtp_server import SmtpSink
+from consentgate.testing.harness import BOB_TOKEN, JANE, PUBLIC_URL, Harness, running_gateway
 from tests.web.test_email import email_gateway
 
 NUMBER = "+447911123456"
@@ -114,7 +114,7 @@ async def test_the_join_page_shows_campaign_imprint_consent_text_and_an_unticked
 
 async def test_a_telegram_link_shows_a_button_that_starts_the_bot_with_the_link(
         sqlite_url: str) -> None:
-    from tests.fakes.telegram_api import FakeTelegram
+    from consentgate.testing.fakes.telegram_api import FakeTelegram
 
     async with FakeTelegram() as tg, running_gateway(sqlite_url, telegram=tg) as h:
         link = await new_link(h, "telegram", "Campus stall")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import (
+from consentgate.testing.harness import (
     BOB_TOKEN,
     JANE,
     JANE_AUDITOR,

@@ -13,15 +13,15 @@ from typing import Any
 
 from sqlalchemy import select
 
-from storage import models
-from tests.dbutil import counts, rows
-from tests.harness import (
+from consentgate.storage import models
+from consentgate.testing.harness import (
     BOB_TOKEN,
     JANE,
     JANE_AUDITOR,
     Harness,
     running_gateway,
 )
+from tests.dbutil import counts, rows
 from tests.procs import eventually
 
 NUMBER = "+447911123456"

@@ -10,9 +10,9 @@ import time
 
 from sqlalchemy import func, select
 
-from bot.imports import PARALLEL_FROM
-from storage import models
-from tests.harness import Harness, running_gateway
+from consentgate.bot.imports import PARALLEL_FROM
+from consentgate.storage import models
+from consentgate.testing.harness import Harness, running_gateway
 
 CSV = {"Content-Type": "text/csv"}
 ROWS = 20_000

@@ -9,8 +9,8 @@ import json
 import time
 from pathlib import Path
 
-from storage import models
-from tests.harness import BOB_TOKEN, JANE, JANE_AUDITOR, Harness
+from consentgate.storage import models
+from consentgate.testing.harness import BOB_TOKEN, JANE, JANE_AUDITOR, Harness
 from tests.procs import CONSENTGATE, eventually, write_config
 
 A, B, C, D = "+447911000011", "+447911000012", "+447911000013", "+447911000014"

@@ -1,4 +1,4 @@
-from tests.harness import Harness
+from consentgate.testing.harness import Harness
 
 
 async def test_health(gw: Harness) -> None:

@@ -18,18 +18,18 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from adapters.telegram import ALLOWED_UPDATES
-from bot import outbox
-from bot.versions import consent_text_version
-from storage.models import consent_events, messages
-from tests.fakes.telegram_api import (
+from consentgate.adapters.telegram import ALLOWED_UPDATES
+from consentgate.bot import outbox
+from consentgate.bot.versions import consent_text_version
+from consentgate.storage.models import consent_events, messages
+from consentgate.testing.fakes.telegram_api import (
     FakeTelegram,
     callback_update,
     join_request_update,
     message_update,
     my_chat_member_update,
 )
-from tests.harness import (
+from consentgate.testing.harness import (
     BOB,
     JANE,
     JANE_GROUP,
@@ -343,7 +343,7 @@ async def test_an_update_that_is_not_json_is_refused(tg: Harness) -> None:
 
 async def test_group_chatter_and_unknown_update_types_are_ignored(
         tg: Harness, fake: FakeTelegram) -> None:
-    from tests.fakes.telegram_api import chat_member_update, group_message_update
+    from consentgate.testing.fakes.telegram_api import chat_member_update, group_message_update
 
     assert await deliver(tg, group_message_update(1, USER, JANE_GROUP, "STOP")) == 200
     assert await deliver(tg, chat_member_update(2, USER, JANE_GROUP, "member", "left")) == 200
@@ -538,7 +538,7 @@ async def test_a_telegram_server_error_is_retried_and_the_message_goes_once(
 
 
 def test_polling_needs_no_webhook_secret_but_a_webhook_does() -> None:
-    from bot.config import ConfigError, parse_config
+    from consentgate.bot.config import ConfigError, parse_config
 
     def config(telegram: str) -> str:
         return f"""

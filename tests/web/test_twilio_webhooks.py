@@ -7,9 +7,8 @@ import asyncio
 
 import pytest
 
-from tests.dbutil import counts, rows
-from tests.fakes.twilio_webhooks import post_signed, status_callback_form
-from tests.harness import (
+from consentgate.testing.fakes.twilio_webhooks import post_signed, status_callback_form
+from consentgate.testing.harness import (
     BOB,
     BOB_AUTH,
     BOB_NUMBER,
@@ -22,6 +21,7 @@ from tests.harness import (
     PUBLIC_URL,
     Harness,
 )
+from tests.dbutil import counts, rows
 
 PERSON = "+447911123456"
 
@@ -37,7 +37,7 @@ def _message_text(twiml: str) -> str | None:
 
 
 async def _status(gw: Harness, token: str | None = None) -> str:
-    from tests.harness import JANE_TOKEN
+    from consentgate.testing.harness import JANE_TOKEN
 
     _, sub = await gw.api("GET", f"/api/v1/subscribers/sms/{PERSON}",
                           token=token or JANE_TOKEN)
@@ -156,7 +156,7 @@ async def test_a_retried_webhook_is_applied_once(gw: Harness) -> None:
 @pytest.mark.parametrize("case", ["forged", "missing", "other_campaign_token",
                                   "other_url", "tampered_body"])
 async def test_a_bad_signature_is_403_and_changes_nothing(gw: Harness, case: str) -> None:
-    from tests.fakes.twilio_webhooks import inbound_sms_form, sign
+    from consentgate.testing.fakes.twilio_webhooks import inbound_sms_form, sign
 
     await gw.subscribe(PERSON)
     before = await counts(gw.db)

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from adapters.smtp_inbound import SmtpListener
+from consentgate.adapters.smtp_inbound import SmtpListener
 
 __all__ = ["ReceivedMail", "SmtpSink"]
 

@@ -17,12 +17,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bot.config import Settings, parse_config
-from bot.gateway import Gateway
-from bot.web.app import create_app
-from tests.fakes.telegram_api import FakeTelegram
-from tests.fakes.twilio_api import FakeTwilio
-from tests.fakes.twilio_webhooks import inbound_sms_form, post_signed
+from consentgate.bot.config import Settings, parse_config
+from consentgate.bot.gateway import Gateway
+from consentgate.bot.web.app import create_app
+from consentgate.testing.fakes.telegram_api import FakeTelegram
+from consentgate.testing.fakes.twilio_api import FakeTwilio
+from consentgate.testing.fakes.twilio_webhooks import inbound_sms_form, post_signed
 
 PUBLIC_URL = "https://gateway.example.org"
 SECRET = "test-secret-key-0123456789-abcdefghijkl"

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import aiohttp
 from twilio.request_validator import RequestValidator
 
-from tests.fakes.twilio_api import DEFAULT_ACCOUNT_SID, new_sid
+from consentgate.testing.fakes.twilio_api import DEFAULT_ACCOUNT_SID, new_sid
 
 __all__ = ["inbound_sms_form", "post_signed", "sign", "status_callback_form"]
 

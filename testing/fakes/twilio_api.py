@@ -14,7 +14,7 @@ messages and hands each one to ``on_accept``, so its memory does not grow with t
         ...
         await fake.wait_for(3)
 
-Run ``python -m tests.fakes.twilio_api --port 8099`` to serve it on its own.
+Run ``python -m consentgate.testing.fakes.twilio_api --port 8099`` to serve it on its own.
 """
 
 from __future__ import annotations
