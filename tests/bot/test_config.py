@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from argon2 import PasswordHasher
+from pydantic import BaseModel, ValidationError
 
 from consentgate.bot.config import (
     CampaignSettings,
     ConfigError,
+    DispatchSettings,
     EmailSettings,
     InboundEmailSettings,
     OperatorSettings,
@@ -21,10 +27,16 @@ from consentgate.bot.config import (
     TelegramSettings,
     load_config,
     parse_config,
+    render_reference,
 )
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "k" * 40
+# argon2id of "demo-password-change-me", as config.example.toml carries it.
+DEMO_PASSWORD = "demo-password-change-me"
+DEMO_HASH = (
+    "$argon2id$v=19$m=65536,t=3,p=4$ZrSLiaVqHE58wlKaqMXL4Q$nm9GHpBLIkl86CzoVdHvN2jnuFk10gKYV4HCSgq7EZI"
+)
 
 # The contract's full example, verbatim.
 CONTRACT_EXAMPLE = """
@@ -179,7 +191,8 @@ def error_of(text: str, environ: dict[str, str] | None = None) -> ConfigError:
 
 def test_example_config_runs_with_no_environment_variables() -> None:
     settings = load_config(REPO / "config.example.toml", environ={})
-    assert settings.storage.url == "sqlite+aiosqlite:///consentgate.db"
+    # The relative SQLite file lies next to the config file, wherever the command runs.
+    assert settings.storage.url == f"sqlite+aiosqlite:///{REPO / 'consentgate.db'}"
     assert len(settings.security.secret_key) >= 32
     (campaign,) = settings.campaigns
     assert campaign.slug == "jane-2026"
@@ -215,8 +228,12 @@ def test_contract_example_parses_to_expected_settings() -> None:
                 ),
                 default_region="GB",
                 operators=(
-                    OperatorSettings("Jane Doe", CONTRACT_ENV["JANE_TOKEN"], "organiser"),
-                    OperatorSettings("Returning Officer", CONTRACT_ENV["RO_TOKEN"], "auditor"),
+                    OperatorSettings(
+                        name="Jane Doe", token=CONTRACT_ENV["JANE_TOKEN"], role="organiser"
+                    ),
+                    OperatorSettings(
+                        name="Returning Officer", token=CONTRACT_ENV["RO_TOKEN"], role="auditor"
+                    ),
                 ),
                 sms=SmsSettings(
                     provider="twilio",
@@ -637,6 +654,29 @@ FAILURES: list[tuple[str, dict[str, str | None], str, str]] = [
      "campaigns[0].telegram.rate_per_second", "greater than 0"),
     ("bot username", {"campaigns[0].telegram.bot_username": '"no spaces allowed"'},
      "campaigns[0].telegram.bot_username", "Telegram username"),
+    # contract version 2
+    ("privacy notice not a URL", {"campaigns[0].privacy_notice_url": '"janedoe.example.org"'},
+     "campaigns[0].privacy_notice_url", "http"),
+    ("controller not a string", {"campaigns[0].controller": "1"},
+     "campaigns[0].controller", "expected a string"),
+    ("sms consent text not a string", {"campaigns[0].sms.consent_text": "true"},
+     "campaigns[0].sms.consent_text", "expected a string"),
+    ("telegram consent text typo", {"campaigns[0].telegram.consent_txt": '"x"'},
+     "campaigns[0].telegram.consent_txt", 'did you mean "consent_text"'),
+    (
+        "password hash not argon2id",
+        {"campaigns[0].operators": '[{ name = "J", token = "t0123456789abcdef", role = '
+         '"organiser", password_hash = "$2b$12$abcdefghijklmnopqrstuv" }]'},
+        "campaigns[0].operators[0].password_hash",
+        "argon2id",
+    ),
+    (
+        "password hash argon2i",
+        {"campaigns[0].operators": '[{ name = "J", token = "t0123456789abcdef", role = '
+         '"organiser", password_hash = "$argon2i$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA" }]'},
+        "campaigns[0].operators[0].password_hash",
+        "argon2id",
+    ),
 ]  # fmt: skip
 
 
@@ -755,6 +795,8 @@ class _AnyEnv(dict[str, str]):
         return True
 
     def __missing__(self, key: str) -> str:
+        if key.endswith("_HASH"):
+            return DEMO_HASH
         return f"value-of-{key}-0123456789abcdef0123456789"
 
 
@@ -775,3 +817,213 @@ def test_dispatch_settings_are_read_and_checked() -> None:
     assert (settings.dispatch.lease_seconds, settings.dispatch.max_in_flight) == (30, 16)
     err = error_of(base + "max_in_flight = 0\n")
     assert err.key == "dispatch.max_in_flight"
+
+
+# --- contract version 2: privacy notice, controller, consent text per channel ----------------
+
+
+def test_privacy_notice_controller_and_channel_consent_texts_are_read() -> None:
+    text = make(
+        {
+            "campaigns[0].privacy_notice_url": '"https://janedoe.example.org/privacy"',
+            "campaigns[0].controller": '"Jane Doe for President, 1 Example Road, London"',
+            "campaigns[0].sms.consent_text": '"Text me. Reply STOP at any time."',
+            "campaigns[0].telegram.consent_text": '"Message me here. Send /stop at any time."',
+        }
+    )
+    campaign = parse_config(text, {}).campaigns[0]
+    assert campaign.privacy_notice_url == "https://janedoe.example.org/privacy"
+    assert campaign.controller == "Jane Doe for President, 1 Example Road, London"
+    assert campaign.sms is not None and campaign.email is not None
+    assert campaign.sms.consent_text == "Text me. Reply STOP at any time."
+    assert campaign.email.consent_text is None
+    assert campaign.consent_text_for("sms") == "Text me. Reply STOP at any time."
+    assert campaign.consent_text_for("telegram") == "Message me here. Send /stop at any time."
+    # A channel without its own text shows the campaign's.
+    assert campaign.consent_text_for("email") == campaign.consent_text
+
+
+def test_new_campaign_keys_are_optional_and_blank_means_not_set() -> None:
+    campaign = parse_config(make(), {}).campaigns[0]
+    assert (campaign.privacy_notice_url, campaign.controller) == (None, None)
+    assert campaign.consent_text_for("sms") == campaign.consent_text
+    blank = make({"campaigns[0].controller": '" "', "campaigns[0].sms.consent_text": '""'})
+    campaign = parse_config(blank, {}).campaigns[0]
+    assert campaign.controller is None
+    assert campaign.consent_text_for("sms") == campaign.consent_text
+
+
+def test_channel_consent_text_is_kept_under_the_log_provider() -> None:
+    text = make({"campaigns[0].sms.provider": '"log"', "campaigns[0].sms.consent_text": '"Text"'})
+    assert parse_config(text, {}).campaigns[0].consent_text_for("sms") == "Text"
+
+
+# --- operators' console passwords ------------------------------------------------------------
+
+
+def test_operator_password_hash_is_read_from_the_environment_and_verifies() -> None:
+    hashed = PasswordHasher().hash("correct horse battery staple")
+    text = make(
+        {
+            "campaigns[0].operators": '[{ name = "Jane", token = "organiser-token-0001", '
+            'role = "organiser", password_hash = "${JANE_HASH}" }, { name = "RO", '
+            'token = "auditor-token-00001", role = "auditor" }]'
+        }
+    )
+    jane, ro = parse_config(text, {"JANE_HASH": hashed}).campaigns[0].operators
+    assert jane.password_hash == hashed
+    assert PasswordHasher().verify(jane.password_hash, "correct horse battery staple")
+    assert ro.password_hash is None  # cannot sign in to the console
+
+
+def test_a_bad_password_hash_is_never_echoed() -> None:
+    leaked = "hunter2-typed-where-the-hash-goes"
+    text = make(
+        {
+            "campaigns[0].operators": '[{ name = "J", token = "t0123456789abcdef", role = '
+            f'"organiser", password_hash = "{leaked}" }}]'
+        }
+    )
+    err = error_of(text)
+    assert err.key == "campaigns[0].operators[0].password_hash"
+    assert leaked not in str(err)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "secret"),
+    [
+        pytest.param({"server.port": '"s3cret-in-the-wrong-place"'}, "s3cret-in-the-wrong-place",
+                     id="wrong-type"),
+        pytest.param({"campaigns[0].operators": '[{ name = "J", token = "t0123456789abcdef", '
+                      'role = "s3cret-in-the-wrong-place" }]'}, "s3cret-in-the-wrong-place",
+                     id="not-a-choice"),
+        pytest.param({"campaigns[0].telegram.webhook_secret": '"s3cret in the wrong place"'},
+                     "s3cret in the wrong place", id="bad-webhook-secret"),
+        pytest.param({"security.secret_key": '"s3cret-too-short"'}, "s3cret-too-short",
+                     id="short-secret-key"),
+        pytest.param({"campaigns[0].sms.auth_token": "[\"s3cret-in-an-array\"]"},
+                     "s3cret-in-an-array", id="array-for-a-string"),
+    ],
+)  # fmt: skip
+def test_refused_values_are_not_repeated_in_the_error(
+    overrides: dict[str, str | None], secret: str
+) -> None:
+    err = error_of(make(overrides))
+    assert secret not in str(err)
+    assert "Input should" not in err.message  # our words, not pydantic's
+
+
+def test_settings_are_frozen() -> None:
+    settings = parse_config(make(), {})
+    with pytest.raises(ValidationError):
+        settings.server.port = 1  # type: ignore[misc]
+    assert isinstance(settings.campaigns, tuple)
+    assert isinstance(settings.campaigns[0].operators, tuple)
+    assert isinstance(settings.campaigns[0].telegram.own_chats, tuple)  # type: ignore[union-attr]
+
+
+# --- the SQLite file lies next to the config file ---------------------------------------------
+
+
+def _write_config(folder: Path, url: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "consentgate.toml"
+    path.write_text(make({"storage.url": f'"{url}"'}), encoding="utf-8")
+    return path
+
+
+def test_load_config_takes_a_relative_sqlite_path_from_the_config_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _write_config(tmp_path / "campaign", "sqlite+aiosqlite:///data/gate.db")
+    monkeypatch.chdir(tmp_path)  # anywhere but the config's folder
+    expected = f"sqlite+aiosqlite:///{tmp_path / 'campaign' / 'data' / 'gate.db'}"
+    assert load_config(path, {}).storage.url == expected
+    assert load_config(Path("campaign") / "consentgate.toml", {}).storage.url == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite+aiosqlite:////var/lib/consentgate/gate.db",
+        "sqlite+aiosqlite:///:memory:",
+        "postgresql+asyncpg://gate@db.internal/consentgate",
+    ],
+)
+def test_absolute_memory_and_server_urls_are_left_alone(tmp_path: Path, url: str) -> None:
+    assert load_config(_write_config(tmp_path, url), {}).storage.url == url
+
+
+def test_a_relative_sqlite_path_keeps_its_query(tmp_path: Path) -> None:
+    path = _write_config(tmp_path, "sqlite+aiosqlite:///gate.db?timeout=5")
+    url = load_config(path, {}).storage.url
+    assert url == f"sqlite+aiosqlite:///{tmp_path / 'gate.db'}?timeout=5"
+
+
+def test_parse_config_keeps_the_path_as_written_unless_given_a_base_dir(tmp_path: Path) -> None:
+    text = make({"storage.url": '"sqlite+aiosqlite:///gate.db"'})
+    assert parse_config(text, {}).storage.url == "sqlite+aiosqlite:///gate.db"
+    resolved = parse_config(text, {}, base_dir=tmp_path).storage.url
+    assert resolved == f"sqlite+aiosqlite:///{tmp_path / 'gate.db'}"
+
+
+def test_a_command_run_from_another_folder_uses_the_database_next_to_the_config(
+    tmp_path: Path,
+) -> None:
+    config = _write_config(tmp_path / "campaign", "sqlite+aiosqlite:///gate.db")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cli = Path(sys.executable).with_name("consentgate")
+    done = subprocess.run(
+        [str(cli), "migrate", "--config", str(config)],
+        cwd=elsewhere, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "campaign" / "gate.db").is_file()
+    assert list(elsewhere.iterdir()) == []
+
+
+# --- the example config and the reference -----------------------------------------------------
+
+
+def test_example_config_carries_the_privacy_keys_and_a_demo_console_password() -> None:
+    (campaign,) = load_config(REPO / "config.example.toml", environ={}).campaigns
+    assert campaign.controller and campaign.privacy_notice_url
+    assert {campaign.consent_text_for(c) for c in campaign.channels()} - {campaign.consent_text}
+    organiser, auditor = campaign.operators
+    assert organiser.password_hash is not None and organiser.password_hash.startswith(
+        "$argon2id$"
+    )
+    assert PasswordHasher().verify(organiser.password_hash, DEMO_PASSWORD)
+    assert auditor.password_hash is None
+
+
+def test_configuration_reference_is_what_the_models_say() -> None:
+    written = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert written == render_reference(), (
+        "docs/configuration.md is out of date; regenerate it with "
+        "python -m consentgate.bot.config --markdown > docs/configuration.md"
+    )
+
+
+def test_the_regenerate_command_prints_the_reference() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "consentgate.bot.config", "--markdown"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert done.stdout == render_reference()
+    assert "python -m consentgate.bot.config --markdown" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "model",
+    [ServerSettings, StorageSettings, DispatchSettings, SecuritySettings, PolicySettings,
+     CampaignSettings, OperatorSettings, SmsSettings, EmailSettings, InboundEmailSettings,
+     TelegramSettings],
+)  # fmt: skip
+def test_every_key_is_described_in_the_reference(model: type[BaseModel]) -> None:
+    reference = render_reference()
+    for name, field in model.model_fields.items():
+        assert field.description, f"{model.__name__}.{name} has no description"
+        assert f"| `{name}`" in reference
