@@ -301,6 +301,11 @@ def _argon2id_hash(value: str) -> str:
     return value
 
 
+def _if_set(rule: Callable[[str], str]) -> AfterValidator:
+    """``rule`` applied to an optional string, passing "not set" (None) through."""
+    return AfterValidator(lambda value: None if value is None else rule(value))
+
+
 def _one_or_more(value: tuple[object, ...]) -> tuple[object, ...]:
     if not value:
         raise _Refusal("at least one operator is required")
@@ -556,9 +561,7 @@ class OperatorSettings(_Table):
         description="`organiser` (reads and changes), `volunteer` (may send, as an organiser) "
         "or `auditor` (read only: every change gets 403)"
     )
-    password_hash: Annotated[
-        str | None, AfterValidator(lambda v: None if v is None else _argon2id_hash(v))
-    ] = Field(
+    password_hash: Annotated[str | None, _if_set(_argon2id_hash)] = Field(
         default=None,
         description='an argon2id hash (`"$argon2id$..."`) of the password the operator signs '
         "in to the console with; print one with `consentgate hash-password` (it reads the "
@@ -582,9 +585,7 @@ class SmsSettings(_Table):
         description="also checks `X-Twilio-Signature` on webhooks",
         json_schema_extra={**_PROVIDER_ONLY, "required_for": ["twilio"]},
     )
-    from_number: Annotated[
-        str | None, AfterValidator(lambda v: None if v is None else _e164(v))
-    ] = Field(
+    from_number: Annotated[str | None, _if_set(_e164)] = Field(
         default=None,
         description="E.164 (`+447700900000`): `+`, country code, number; checked with "
         "`phonenumbers` as a possible number, so numbers reserved for testing are accepted",
@@ -751,9 +752,7 @@ class TelegramSettings(_Table):
         "`{token}` if present. Used exactly as written.",
         json_schema_extra=_PROVIDER_ONLY,
     )
-    webhook_secret: Annotated[
-        str | None, AfterValidator(lambda v: None if v is None else _webhook_secret(v))
-    ] = Field(
+    webhook_secret: Annotated[str | None, _if_set(_webhook_secret)] = Field(
         default=None,
         description="1-256 characters of `A-Z a-z 0-9 _ -`; Telegram echoes it in "
         "`X-Telegram-Bot-Api-Secret-Token` and any other value gets 403",
@@ -769,9 +768,7 @@ class TelegramSettings(_Table):
         "posting to any other group or channel is refused with `destination_not_allowed`",
     )
     rate_per_second: Rate = Field(default=25.0, description="> 0; Telegram allows about 30 per bot")
-    bot_username: Annotated[
-        str | None, AfterValidator(lambda v: None if v is None else _telegram_username(v))
-    ] = Field(
+    bot_username: Annotated[str | None, _if_set(_telegram_username)] = Field(
         default=None,
         description="the bot's username, for `t.me/<bot>?start=...` links; a leading `@` is "
         "removed; 5-32 characters of letters, digits and `_`",
