@@ -787,8 +787,10 @@ class TelegramSettings(_Table):
 
     @classmethod
     def _optional(cls, data: dict[str, Any]) -> frozenset[str]:
-        # Polling needs no webhook, so no secret; a webhook always does.
-        return frozenset({"webhook_secret"}) if data.get("polling") is True else frozenset()
+        # Polling needs no webhook, so no secret; a webhook always does. A polling value that
+        # is not a boolean is reported as itself, not as a missing secret.
+        polling = data.get("polling", False)
+        return frozenset() if polling is False else frozenset({"webhook_secret"})
 
 
 class CampaignSettings(_Table):

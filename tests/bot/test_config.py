@@ -654,6 +654,9 @@ FAILURES: list[tuple[str, dict[str, str | None], str, str]] = [
      "campaigns[0].telegram.rate_per_second", "greater than 0"),
     ("bot username", {"campaigns[0].telegram.bot_username": '"no spaces allowed"'},
      "campaigns[0].telegram.bot_username", "Telegram username"),
+    ("polling not a boolean", {"campaigns[0].telegram.webhook_secret": None,
+                               "campaigns[0].telegram.polling": '"yes"'},
+     "campaigns[0].telegram.polling", "true or false"),
     # contract version 2
     ("privacy notice not a URL", {"campaigns[0].privacy_notice_url": '"janedoe.example.org"'},
      "campaigns[0].privacy_notice_url", "http"),
