@@ -324,7 +324,14 @@ _CONTACT = (
 # "Call me" is also "call me a liar", so a phone call is only meant when the clause ends there.
 _CALLING = r"(?:calling|ringing|phoning|call|ring|phone)"
 _UNTIL_END = r"(?: again| anymore| any more| ever again)?$"
-_LIST = r"(?:list|lists|database|system|contacts?|mailing list|register)"
+_LIST = (
+    r"(?:list|lists|database|system|contacts?|register|campaign|campaigns|groups?|thread"
+    r"|texts?|messages?|emails?|updates|everything|all|numbers?|records?|mailings?)"
+)
+# "remove me from the rota" is about the rota: a removal names a list (or nothing) to count.
+_NOT_FROM_ELSEWHERE = (
+    rf"(?! (?:from|off|of) (?!(?:\w+ ){{0,3}}{_LIST}\b|(?:this|here|there|it|them|you)$))"
+)
 
 
 def _pattern(*alternatives: str) -> re.Pattern[str]:
@@ -354,13 +361,20 @@ _AFFIRMATIVE_REQUESTS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("request: remove me", _pattern(
         # "remove me from your list", "take me off", "unsubscribe me", "lose my number"
         rf"(?:remove|delete|erase|unsubscribe|unsub|deregister|unregister|lose|forget|scrub"
-        rf"|purge|drop|block) {_ME}",
-        rf"(?:take|get|cross|strike|scratch|keep) {_ME} off",
+        rf"|purge|drop|block) {_ME}{_NOT_FROM_ELSEWHERE}",
+        rf"(?:take|get|cross|strike|scratch|keep) {_ME} off(?:$| (?:of )?(?:your|ur|the|this"
+        rf"|these|that|all|ye|my) (?:\w+ )?{_LIST}\b|{_NOT_FROM_ELSEWHERE} (?:now|please))",
         rf"opt {_ME} out",
         rf"(?:remove|take) (?:from|off) (?:your|ur|the|this) (?:\w+ )?{_LIST}",
         rf"(?:want|wanna|like|need|get|be) off (?:of )?(?:your|ur|the|this|these|all|ye)"
         rf" (?:\w+ )?{_LIST}",
-        r"(?:i|we) (?:want|wanna|would like|d like|need) out",
+        r"(?:i|we) (?:want|wanna|would like|d like|need) out$",
+        rf"(?:unsubscribe|unsub|opt out|optout|opt me out|remove me|delete me) (?:from|of)"
+        rf" {_DETERMINERS}(?:\w+ )?{_LIST}\b",
+    )),
+    ("request: withdraws consent", _pattern(
+        r"(?:revoke|revoking|withdraw|withdrawing|cancel|retract) (?:my |all )?(?:consent"
+        r"|permission|agreement|subscription)",
     )),
     ("request: wants to opt out", _pattern(
         # "I want to unsubscribe", "I'd like to opt out", "how do I stop these"
@@ -370,7 +384,7 @@ _AFFIRMATIVE_REQUESTS: tuple[tuple[str, re.Pattern[str]], ...] = (
         r"how (?:do|can|would|should) (?:i|we) (?:unsubscribe|unsub|opt out|optout|get off"
         r"|be removed|stop (?:these|this|them|it|receiving|getting|the|your))",
         r"(?:said|told you|asked you|asked) (?:to )?(?:stop|unsubscribe|opt out|remove me"
-        r"|take me off)",
+        r"|take me off)(?: (?:texting|messaging|contacting|it|this|now|already|me))*$",
         r"(?:i|im|we) (?:am |are )?(?:opting|opted|opt) out",
     )),
     ("request: leave me alone", _pattern(
@@ -385,7 +399,8 @@ _AFFIRMATIVE_REQUESTS: tuple[tuple[str, re.Pattern[str]], ...] = (
         r"no (?:me |nos )?(?:manden|mandes|mande|envien|envies|envie|escriban|escribas"
         r"|contacten|contactes|llamen|molesten|molestes)(?: mas)?"
         r"(?: (?:mensajes|mensaje|sms|textos|nada|correos|promociones))?$",
-        r"(?:dejen|deje|deja|dejar|dejenme|dejame) de (?:mandar|enviar|escribir|molestar|llamar)",
+        r"(?:dejen|deje|deja|dejar|dejenme|dejame) de (?:mandar|enviar|escribir|molestar|llamar)"
+        r"(?:me|nos)?",
         r"(?:darme|dame|denme|deme|me doy) de baja",
         r"(?:quiero|quisiera|deseo) (?:salir|cancelar|desuscribirme|que me (?:borren|eliminen"
         r"|quiten|saquen))",
@@ -398,7 +413,7 @@ _AFFIRMATIVE_REQUESTS: tuple[tuple[str, re.Pattern[str]], ...] = (
     )),
     ("request (pt)", _pattern(
         r"(?:quero|queria|gostaria de|desejo) (?:sair|cancelar|descadastrar|parar de receber"
-        r"|nao receber)",
+        r"|nao receber)(?: (?:da|desta|dessa) lista| disso| daqui)?$",
         r"(?:nao|pare de|parem de|para de) (?:me )?(?:mande|mandem|envie|enviem|mandar"
         r"|enviar) (?:mais )?(?:mensagens|mensagem|sms|msg|textos)",
         r"(?:pare|parem|para) de (?:me )?(?:mandar|enviar|ligar|incomodar)",
@@ -465,7 +480,7 @@ _WHOLE_MESSAGE_REQUESTS = {
     _phrases("do not call", "dont call", "do not text", "dont text", "no calls",
              "no texts", "no more texts", "no contact", "do not contact", "dont contact",
              "no spam", "do not disturb", "dnc", "unsubscribed", "opted out", "optedout",
-             "remove me", "delete me", "i want out", "count me out", "im out",
+             "remove me", "delete me", "i want out",
              "take me off", "unsub me", "unsubscribe me please"): "request: whole message",
 }
 
@@ -658,7 +673,8 @@ _OPT_OUT_WORDS = frozenset(
 )
 _OPT_OUT_PHRASES = _phrases(
     "opt out", "opted out", "opting out", "not interested", "no mas", "no more", "dim mwy",
-    "leave me", "leave us", "take me", "my number", "this number", "signed up",
+    "leave me", "leave us", "take me", "my number", "this number", "signed up", "im out",
+    "me out",
 )
 # Hostility without a request: a person reads it (opting it out would also be defensible).
 _HOSTILE_WORDS = frozenset(
