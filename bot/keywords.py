@@ -561,7 +561,8 @@ _NOT_TYPOS = frozenset(
 # "the end", "stop by", "end of the month", "non stop" are about something else.
 _AROUND_REQUESTS = frozenset(
     """
-    i im me my this these that it them us now and to too please pls plz already again asap
+    i im me my this these that it them us you u guys people now and to too please pls plz
+    already again asap
     text texts txt txts message messages msg msgs sms ads ad spam promos promotions
     promociones promocoes mensajes mensagens textos marketing notifications emails email
     calls number list
