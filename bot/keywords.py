@@ -124,6 +124,8 @@ _WORD = re.compile(r"[^\W_]+")
 _CLAUSE_BREAK = re.compile(r"[.,;:!?()\u2026\u2013\u2014]+|\s-+\s")
 # "stopppp", "pleaseeee": a letter held down says the word louder, not another word.
 _HELD_LETTER = re.compile(r"(.)\1{2,}")
+# "Wrong #" is "wrong number"; the "#" would otherwise be dropped with the punctuation.
+_WRONG_HASH = re.compile(r"\bwrong\s*#", re.IGNORECASE)
 
 
 def _without_accents(text: str) -> str:
@@ -167,7 +169,7 @@ _COURTESY = _phrases(
     "obrigado", "obrigada", "muito obrigado", "nao obrigado", "pode", "podem", "puede",
     "merci", "non merci", "svp", "sil vous plait", "sil te plait", "merci beaucoup",
     "diolch", "diolch yn fawr", "dim diolch", "plis", "os gwelwch yn dda", "os gwelwch",
-    "danke", "bitte", "nein danke",
+    "danke", "bitte", "nein danke", "ya",
 )  # fmt: skip
 _LONGEST_COURTESY = max(len(p) for p in _COURTESY)
 
@@ -217,8 +219,9 @@ _OPT_OUT_KEYWORDS = {
 # carriers' ARRET / AIDE) and in Welsh, for campaigns in Wales. Each reads exactly like its
 # English counterpart.
 _FOREIGN_OPT_OUT = {
-    "es": ("baja", "darme de baja", "dar de baja", "alto", "parar", "para", "cancelar",
-           "detener", "fin", "no mas", "desuscribir", "desuscribirme", "anular", "basta"),
+    "es": ("baja", "darme de baja", "dar de baja", "alto", "parar", "para", "paren", "cancelar",
+           "detener", "detengase", "detente", "fin", "no mas", "desuscribir", "desuscribirme",
+           "anular", "basta"),
     "fr": ("arret", "arrete", "arretez", "arreter", "desabonner", "me desabonner",
            "desabonnement", "desinscrire", "me desinscrire", "desinscription", "annuler",
            "stop svp", "td"),
@@ -310,7 +313,8 @@ _MESSAGES = (
 )
 _DETERMINERS = r"(?:(?:all|of|the|these|this|those|your|ur|my|any|more|such|them) )*"
 _TEXTING = (
-    r"(?:texting|txting|texing|messaging|msging|emailing|spamming|contacting|whatsapping"
+    r"(?:texting|txting|texing|textin|textng|txtin|txtng|textting|messaging|msging|messagin"
+    r"|msgin|emailing|spamming|contacting|whatsapping|calling me|ringing me"
     r"|harassing|pestering|hassling|bothering)"
 )
 _BOTHERING = (
@@ -339,7 +343,8 @@ def _pattern(*alternatives: str) -> re.Pattern[str]:
 
 
 # "stop all texts" widens like STOP ALL does.
-_STOP_ALL_MESSAGES = _pattern(rf"stop ?all {_DETERMINERS}(?:\w+ )?{_MESSAGES}")
+_STOP_ALL_MESSAGES = _pattern(rf"stop ?all {_DETERMINERS}(?:\w+ )?{_MESSAGES}",
+                              r"stop ?all (?:of )?(?:these|this|them|it)$")
 
 # Requests in the affirmative, each with the rule it stands for: a negation just before
 # them ("please don't remove me") turns them around, so they are checked against _NEGATED.
@@ -355,8 +360,8 @@ _AFFIRMATIVE_REQUESTS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("request: no more messages", _pattern(
         # "stop these texts", "no more messages", "cancel my subscription"; not "end": "the
         # end of the messaging from the council" is news, not a request.
-        rf"(?:stop|cancel|quit|no more|unsubscribe from|opt out of|optout of) "
-        rf"{_DETERMINERS}(?:\w+ )?{_MESSAGES}",
+        rf"(?:stop|cancel|quit|no more|enough|unsubscribe from|opt out of|optout of)"
+        rf" (?:with )?{_DETERMINERS}(?:\w+ )?{_MESSAGES}",
     )),
     ("request: remove me", _pattern(
         # "remove me from your list", "take me off", "unsubscribe me", "lose my number"
@@ -365,7 +370,10 @@ _AFFIRMATIVE_REQUESTS: tuple[tuple[str, re.Pattern[str]], ...] = (
         rf"(?:take|get|cross|strike|scratch|keep) {_ME} off(?:$| (?:of )?(?:your|ur|the|this"
         rf"|these|that|all|ye|my) (?:\w+ )?{_LIST}\b|{_NOT_FROM_ELSEWHERE} (?:now|please))",
         rf"opt {_ME} out",
-        rf"(?:remove|take) (?:from|off) (?:your|ur|the|this) (?:\w+ )?{_LIST}",
+        rf"(?:remove|take|delete|get) (?:from|off) (?:(?:your|ur|the|this|my|all|these) )?"
+        rf"(?:\w+ )?{_LIST}\b",
+        rf"leave (?:me|us|my \w+) (?:off|out of) (?:(?:your|ur|the|this|all|these) )?"
+        rf"(?:\w+ )?{_LIST}\b",
         rf"(?:want|wanna|like|need|get|be) off (?:of )?(?:your|ur|the|this|these|all|ye)"
         rf" (?:\w+ )?{_LIST}",
         r"(?:i|we) (?:want|wanna|would like|d like|need) out$",
@@ -388,7 +396,7 @@ _AFFIRMATIVE_REQUESTS: tuple[tuple[str, re.Pattern[str]], ...] = (
         r"(?:i|im|we) (?:am |are )?(?:opting|opted|opt) out",
     )),
     ("request: leave me alone", _pattern(
-        r"leave (?:me|us|my|my \w+) (?:alone|be)",
+        r"leave (?:me|us|my|my \w+) (?:the (?:hell|fuck|heck|f) )?(?:alone|be)",
     )),
     ("wrong number", _pattern(
         r"wrong (?:number|person|phone|mobile|num|cell|contact)",
@@ -405,7 +413,8 @@ _AFFIRMATIVE_REQUESTS: tuple[tuple[str, re.Pattern[str]], ...] = (
         r"(?:quiero|quisiera|deseo) (?:salir|cancelar|desuscribirme|que me (?:borren|eliminen"
         r"|quiten|saquen))",
         r"(?:borren|borrar|eliminen|eliminar|quiten|quitar|saquen|sacar|sacame|saquenme"
-        r"|borrenme|eliminenme|quitenme) (?:mi numero|de (?:la|su|tu|esta) lista)",
+        r"|borrenme|eliminenme|quitenme|borrame|eliminame|quitame) (?:mi numero"
+        r"|de (?:la|su|tu|esta) lista)",
         r"no (?:quiero|deseo) (?:recibir )?(?:mas )?(?:mensajes|sms|textos|correos"
         r"|promociones)",
         r"no (?:quiero|deseo) (?:recibir )?mas$",
@@ -472,7 +481,8 @@ _DISMISSALS = _phrases(
 _NEGATED = re.compile(
     r"(?<!why )\b(?:dont|do not|did not|didnt|never|wont|will not|cant|cannot|can not"
     r"|shouldnt|should not|doesnt|does not|wouldnt|would not|isnt|is not|not(?! interested))"
-    r"(?: \w+){0,3} ?$"
+    r"(?: (?:ever|just|really|you|u|please|pls|want|wanna|need|have|ask|asked|to|me|for"
+    r"|mean|meant|say|said|tell|told|i|we|ya))* ?$"
 )
 # The whole message and nothing else (one clause of a longer message means something else:
 # "text me when you get off, don't call").
@@ -481,6 +491,8 @@ _WHOLE_MESSAGE_REQUESTS = {
              "no texts", "no more texts", "no contact", "do not contact", "dont contact",
              "no spam", "do not disturb", "dnc", "unsubscribed", "opted out", "optedout",
              "remove me", "delete me", "i want out",
+             "off list", "off the list", "off your list", "no texting", "no text", "no sms",
+             "no messages", "no mensajes", "no mensagens",
              "take me off", "unsub me", "unsubscribe me please"): "request: whole message",
 }
 
@@ -531,9 +543,10 @@ def _clause_request(clauses: Iterable[_Tokens]) -> Classification | None:
 _REQUEST_WORDS = frozenset(
     """
     stop unsubscribe unsub cancel end quit revoke optout remove removed delete deregister
-    unregister desist stp unsubscribed optedout
+    unregister desist stp stahp unsubscribed optedout
     arret arrete arretez desabonner desinscrire baja alto parar pare parem detener cancelar
     fin sair descadastrar remover stopio stopiwch diddymu canslo stopp abmelden austragen
+    detengase detente paren
     abbestellen
     """.split()
 )
@@ -567,7 +580,8 @@ _AROUND_REQUESTS = frozenset(
     promociones promocoes mensajes mensagens textos marketing notifications emails email
     calls number list
     fuck fucking fuckin fu fk fck f k off idiot idiots moron morons bloody damn dammit
-    shit hell asshole assholes scum jerks jerk ffs wtf omg
+    shit hell asshole assholes scum jerks jerk ffs wtf omg bitch bitches cunt cunts twat twats
+    wanker wankers prick pricks dick dicks bastard bastards losers clowns go away lost piss
     """.split()
 )
 
@@ -675,6 +689,7 @@ _OPT_OUT_WORDS = frozenset(
 _OPT_OUT_PHRASES = _phrases(
     "opt out", "opted out", "opting out", "not interested", "no mas", "no more", "dim mwy",
     "leave me", "leave us", "take me", "my number", "this number", "signed up", "im out",
+    "too many",
     "me out",
 )
 # Hostility without a request: a person reads it (opting it out would also be defensible).
@@ -696,7 +711,7 @@ _STOP_SYMBOLS = frozenset("\U0001f6d1\u270b\U0001f6ab\u26d4\U0001f645\U0001f91a\
 def _opt_out_word(words: _Tokens) -> str | None:
     """The first opt-out word or phrase in the message, upper-case, or None."""
     for i, word in enumerate(words):
-        if word in _OPT_OUT_WORDS:
+        if word in _OPT_OUT_WORDS or word.startswith(("stop", "unsubscrib", "optout")):
             return word.upper()
         if words[i : i + 2] in _OPT_OUT_PHRASES:
             return " ".join(words[i : i + 2]).upper()
@@ -734,6 +749,7 @@ def classify(text: str) -> Classification:
     5. hostility, or an opt-out word used anyway: POSSIBLE_OPT_OUT, for a person to read;
     6. anything else: OTHER.
     """
+    text = _WRONG_HASH.sub("wrong number", text)
     words = _words(normalise(text))
     if not words:
         if any(ch in _STOP_SYMBOLS for ch in text):
