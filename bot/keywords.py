@@ -314,7 +314,7 @@ _MESSAGES = (
 _DETERMINERS = r"(?:(?:all|of|the|these|this|those|your|ur|my|any|more|such|them) )*"
 _TEXTING = (
     r"(?:texting|txting|texing|textin|textng|txtin|txtng|textting|messaging|msging|messagin"
-    r"|msgin|emailing|spamming|contacting|whatsapping|calling me|ringing me"
+    r"|msgin|emailing|spamming|contacting|whatsapping"
     r"|harassing|pestering|hassling|bothering)"
 )
 _BOTHERING = (
@@ -473,7 +473,7 @@ _DISMISSALS = _phrases(
     "go away", "get lost", "fuck off", "fuckoff", "fuk off", "fck off", "f off", "eff off",
     "piss off", "sod off", "bugger off", "naff off", "buzz off", "bog off", "back off",
     "jog on", "do one", "no more", "stop it", "shut up", "shut it", "shutup", "go to hell",
-    "get stuffed", "leave it", "enough", "enough already", "just fuck off", "fuck off and die",
+    "get stuffed", "enough", "enough already", "just fuck off", "fuck off and die",
     "f k off", "f off", "sod off", "get off my phone", "bugger off", "chega", "basta",
 )  # fmt: skip
 # A negation shortly before a request reverses it; "why don't you remove me" does not,
@@ -569,21 +569,35 @@ _NOT_TYPOS = frozenset(
     move rove pout tout cane dele recover resolve devote deplete chanel channel remind
     """.split()
 )
-# What may stand around request words and leave the message a request: pronouns, the
-# messages themselves, insults and impatience. "the", "by", "of", "non" are *not* here:
+# Ordinary words too ("cancel it", "delete this", "I quit"): alone with a pointer they are
+# about something else, so only the unambiguous ones take one ("stop this").
+_WEAK_REQUEST_WORDS = frozenset(
+    "cancel end quit remove removed delete deregister unregister fin alto para sair".split()
+)
+# What may stand around request words and leave the message a request: the messages
+# themselves, courtesy, impatience and insults. "the", "by", "of", "non" are *not* here:
 # "the end", "stop by", "end of the month", "non stop" are about something else.
-_AROUND_REQUESTS = frozenset(
+_MESSAGE_NAMES = frozenset(
     """
-    i im me my this these that it them us you u guys people now and to too please pls plz
-    already again asap
     text texts txt txts message messages msg msgs sms ads ad spam promos promotions
     promociones promocoes mensajes mensagens textos marketing notifications emails email
     calls number list
+    """.split()
+)
+_AROUND_REQUESTS = _MESSAGE_NAMES | frozenset(
+    "and to too now please pls plz already again asap".split()
+)
+_INSULTS = frozenset(
+    """
     fuck fucking fuckin fu fk fck f k off idiot idiots moron morons bloody damn dammit
     shit hell asshole assholes scum jerks jerk ffs wtf omg bitch bitches cunt cunts twat twats
     wanker wankers prick pricks dick dicks bastard bastards losers clowns go away lost piss
     """.split()
 )
+# "stop this", "stop it you morons": a pointer needs an unambiguous request word (or two
+# request words), someone addressed needs an insult beside them.
+_POINTERS = frozenset("this these that it them".split())
+_ADDRESSEES = frozenset("you u guys people".split())
 
 
 def _distance(a: str, b: str, limit: int) -> int:
@@ -624,7 +638,7 @@ def _compound(word: str) -> tuple[str, ...] | None:
     for i in range(3, len(letters) - 2):
         head, tail = letters[:i], letters[i:]
         if head in _REQUEST_WORDS and (tail in _REQUEST_WORDS or tail in _AROUND_REQUESTS
-                                        or tail == "all"):
+                                        or tail in _POINTERS or tail == "all"):
             return head, tail
     return None
 
@@ -645,23 +659,35 @@ def _request_words(words: _Tokens) -> Classification | None:
     short = len(merged) <= 3
     found: list[str] = []
     typo: str | None = None
-    every = False
-    for word in merged:
+    every = pointed = addressed = insulted = named = False
+    for position, word in enumerate(merged):
         if word in _REQUEST_WORDS:
             found.append(word)
         elif word == "all" and found:
             every = True
         elif word in _AROUND_REQUESTS:
-            continue
+            named = named or word in _MESSAGE_NAMES
+        elif word in _INSULTS:
+            insulted = True
+        elif word in _POINTERS:
+            pointed = True
+        elif word in _ADDRESSEES:
+            addressed = True
+        elif word in ("i", "im") and position == 0:
+            continue  # "I quit", "I opt out"
         elif (parts := _compound(word)) is not None:
             found.append(parts[0])
-            every = every or parts[1] == "all"
+            if parts[1] == "all":  # "ENDALL" is END ALL run together: a keyword
+                every = named = True
         elif short and (target := _misspelt(word)) is not None:
             found.append(target)
             typo = target
         else:
             return None
-    if not found:
+    if not found or (addressed and not insulted):
+        return None
+    unambiguous = named or len(found) > 1 or found[0] not in _WEAK_REQUEST_WORDS
+    if (pointed or every) and not unambiguous:
         return None
     keyword = found[0].upper()
     if every:

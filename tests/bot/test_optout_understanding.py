@@ -63,6 +63,7 @@ def test_plain_language_requests_opt_out(text: str, intent: Intent, rule: str) -
     ("I said STOP", OPT_OUT, "keyword STOP with courtesy"),
     ("STOP", OPT_OUT, "keyword STOP"),
     ("ENDALL", OPT_OUT_ALL, "opt-out words only, all"),
+    ("end these texts", OPT_OUT, "opt-out words only"),
 ])
 def test_keywords_with_courtesy_insults_or_each_other_opt_out(
     text: str, intent: Intent, rule: str
@@ -159,6 +160,9 @@ def test_each_language_opts_out_in_and_asks_for_help(
     "not interested",
     "Count me out",
     "who gave you my number?",
+    # an ordinary verb with a pointer is about something else; a named message is not
+    "Cancel it", "Delete this", "Remove all", "Quit it", "Stop me",
+    "Stop calling me names",
 ])
 def test_traps_are_kept_and_flagged_for_a_person_never_opted_out(text: str) -> None:
     reading = classify(text)
