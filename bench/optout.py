@@ -7,7 +7,9 @@ naming its source) and ``tests/data/sms_replies_more.tsv`` (more of the same kin
 ``text``, ``expected``, ``source``, ``note``; tags such as ``[list-entry]`` or ``[lang=es]``
 in the note group the figures.
 
-    .venv/bin/python -m bench.optout [--file FILE ...] [--misses] [--json]
+    .venv/bin/python -m bench.optout [--file FILE ...] [--json]
+
+Like the other benchmarks it also writes its figures to ``bench/out/optout.json``.
 
 Figures:
 
@@ -38,6 +40,7 @@ from consentgate.bot.keywords import Intent, classify
 __all__ = ["Reply", "Score", "load", "main", "score"]
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+OUT = Path(__file__).resolve().parent / "out"
 DEFAULT_FILES = (DATA / "sms_replies.tsv", DATA / "sms_replies_more.tsv")
 
 _OUT = {Intent.OPT_OUT, Intent.OPT_OUT_ALL}
@@ -155,11 +158,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("no replies found", file=sys.stderr)
         return 2
     overall, by_tag, misses = score(replies)
+    report = json.dumps({"replies": len(replies), "overall": overall.figures(),
+                         "by_tag": {t: s.figures() for t, s in sorted(by_tag.items())},
+                         "misses": [{"text": r.text, "expected": r.expected, "got": g}
+                                    for r, g in misses]}, indent=2, ensure_ascii=False)
+    OUT.mkdir(exist_ok=True)
+    (OUT / "optout.json").write_text(report + "\n", encoding="utf-8")
     if args.json:
-        print(json.dumps({"overall": overall.figures(),
-                          "by_tag": {t: s.figures() for t, s in sorted(by_tag.items())},
-                          "misses": [{"text": r.text, "expected": r.expected, "got": g}
-                                     for r, g in misses]}, indent=2, ensure_ascii=False))
+        print(report)
         return 0
     header = ("group", "opt-out recall", "n", "false opt-out", "n", "flag recall", "n",
               "keywords")
