@@ -709,7 +709,7 @@ _OPT_OUT_WORDS = frozenset(
     quit quits quitting revoke revoked revoking optout optedout remove removed removing removal
     delete deleted unsubscription
     arret arrete arretez baja parar pare parem detener cancelar sair descadastrar stopio
-    stopiwch stopp abmelden desabonner desinscrire diddymu canslo
+    stopiwch stopp abmelden desabonner desinscrire diddymu canslo halt cease desist
     """.split()
 )
 _OPT_OUT_PHRASES = _phrases(
@@ -729,9 +729,18 @@ _HOSTILE_WORDS = frozenset(
     """.split()
 )
 _HOSTILE_PHRASES = _phrases("f k", "f off", "f you", "screw you", "go to hell", "shut up",
-                            "get lost", "go away", "sod off", "naff off")
-# A message of nothing but these symbols says STOP without a word.
-_STOP_SYMBOLS = frozenset("\U0001f6d1\u270b\U0001f6ab\u26d4\U0001f645\U0001f91a\U0001f44e")
+                            "get lost", "go away", "sod off", "naff off", "get bent",
+                            "drop dead", "f yourself", "kiss my", "my ass")
+# A whole reply that only declines: not a request to stop, but a person should see it.
+_REFUSALS = _phrases("no", "no thanks", "no thank you", "nope", "nah", "no way", "not for me",
+                     "no chance", "not a chance", "never", "dont care", "who cares",
+                     "na", "na diolch", "dim diolch", "no gracias", "non merci", "nao obrigado",
+                     "nein danke", "nein")
+# A message of nothing but these symbols says STOP, or something hostile, without a word.
+_STOP_SYMBOLS = frozenset(
+    "\U0001f6d1\u270b\U0001f6ab\u26d4\U0001f645\U0001f91a\U0001f44e"  # stop, hand, no entry
+    "\U0001f595\U0001f92c\U0001f621\U0001f620\U0001f4a9"  # finger, cursing, angry, pile
+)
 
 
 def _opt_out_word(words: _Tokens) -> str | None:
@@ -779,7 +788,7 @@ def classify(text: str) -> Classification:
     words = _words(normalise(text))
     if not words:
         if any(ch in _STOP_SYMBOLS for ch in text):
-            return Classification(Intent.POSSIBLE_OPT_OUT, "STOP SYMBOL", rule="stop symbol")
+            return Classification(Intent.POSSIBLE_OPT_OUT, "SYMBOL", rule="symbols only")
         return Classification(Intent.OTHER, rule="no words")
     keyword = _keyword(words)
     if keyword is not None:
@@ -801,4 +810,7 @@ def classify(text: str) -> Classification:
     if word is not None:
         return Classification(Intent.POSSIBLE_OPT_OUT, word,
                               rule="opt-out word about something else")
+    if words in _REFUSALS:
+        return Classification(Intent.POSSIBLE_OPT_OUT, " ".join(words).upper(),
+                              rule="refusal, no request")
     return Classification(Intent.OTHER)

@@ -183,12 +183,18 @@ def test_a_reply_that_only_tells_us_to_go_away_is_an_objection_and_opts_out(
 def test_hostility_without_a_request_is_flagged_never_left_unseen(text: str) -> None:
     reading = classify(text)
     assert reading.intent is POSSIBLE
-    assert reading.rule in {"hostile, no request", "stop symbol"}
+    assert reading.rule in {"hostile, no request", "symbols only"}
+
+
+@pytest.mark.parametrize("text", ["No thanks", "no", "Nope!", "Dim diolch", "Na", "no gracias"])
+def test_a_bare_refusal_is_flagged_for_a_person(text: str) -> None:
+    reading = classify(text)
+    assert (reading.intent, reading.rule) == (POSSIBLE, "refusal, no request")
 
 
 @pytest.mark.parametrize("text", ["Yes, I do!", "Thanks, see you Saturday", "About what?",
                                   "I'm making the call right now.", "Fin de semana en la playa",
-                                  "Para mi esta bien", "Dim diolch", "Na"])
+                                  "Para mi esta bien", "ok", "Thanks!"])
 def test_ordinary_replies_stay_ordinary(text: str) -> None:
     reading = classify(text)
     assert (reading.intent, reading.rule) == (OTHER, "no rule matched")
