@@ -221,12 +221,12 @@ _OPT_OUT_KEYWORDS = {
 _FOREIGN_OPT_OUT = {
     "es": ("baja", "darme de baja", "dar de baja", "alto", "parar", "para", "paren", "cancelar",
            "detener", "detengase", "detente", "fin", "no mas", "desuscribir", "desuscribirme",
-           "anular", "basta"),
+           "anular", "basta", "eliminar", "borrar"),
     "fr": ("arret", "arrete", "arretez", "arreter", "desabonner", "me desabonner",
            "desabonnement", "desinscrire", "me desinscrire", "desinscription", "annuler",
-           "stop svp", "td"),
+           "stop svp", "td", "retirer", "supprimer"),
     "pt": ("sair", "parar", "pare", "parem", "cancelar", "descadastrar", "me descadastrar",
-           "descadastro", "remover", "chega", "nao quero mais", "quero sair"),
+           "excluir", "descadastro", "remover", "chega", "nao quero mais", "quero sair"),
     "cy": ("stopio", "stopiwch", "dad danysgrifio", "daddanysgrifio", "datdanysgrifio",
            "dad tanysgrifio", "diddymu", "canslo", "dim mwy", "gadael", "peidiwch"),
     "de": ("stopp", "abmelden", "austragen", "abbestellen", "kundigen", "ende"),
@@ -365,7 +365,7 @@ _AFFIRMATIVE_REQUESTS: tuple[tuple[str, re.Pattern[str]], ...] = (
     )),
     ("request: remove me", _pattern(
         # "remove me from your list", "take me off", "unsubscribe me", "lose my number"
-        rf"(?:remove|delete|erase|unsubscribe|unsub|deregister|unregister|lose|forget|scrub"
+        rf"(?:remove|delete|erase|unsubscribe|unsub|deregister|unregister|lose|forget|scrub|cancel"
         rf"|purge|drop|block) {_ME}{_NOT_FROM_ELSEWHERE}",
         rf"(?:take|get|cross|strike|scratch|keep) {_ME} off(?:$| (?:of )?(?:your|ur|the|this"
         rf"|these|that|all|ye|my) (?:\w+ )?{_LIST}\b|{_NOT_FROM_ELSEWHERE} (?:now|please))",
@@ -389,6 +389,8 @@ _AFFIRMATIVE_REQUESTS: tuple[tuple[str, re.Pattern[str]], ...] = (
         r"(?:want|wish|like|need|wanna|trying|asking|asked you|asked|told you) to"
         r" (?:unsubscribe|unsub|opt out|optout|be removed|be taken off|come off|get off"
         r"|stop (?:receiving|getting|these|this|them|the|your))",
+        r"(?:want|wish|like|need|wanna) to (?:revoke|cancel|quit|end|stop)(?: (?:this|these|it"
+        r"|them|my consent|my subscription|the texts|texts|messages|the messages))?$",
         r"how (?:do|can|would|should) (?:i|we) (?:unsubscribe|unsub|opt out|optout|get off"
         r"|be removed|stop (?:these|this|them|it|receiving|getting|the|your))",
         r"(?:said|told you|asked you|asked) (?:to )?(?:stop|unsubscribe|opt out|remove me"
@@ -434,7 +436,7 @@ _AFFIRMATIVE_REQUESTS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("request (fr)", _pattern(
         r"(?:arretez|arrete|arreter|cessez) de (?:menvoyer|me contacter|mecrire|envoyer"
         r"|me deranger|mappeler|me spammer)",
-        r"ne (?:plus )?(?:menvoyez|me contactez|mecrivez)(?: plus)?",
+        r"ne (?:plus )?(?:menvoyez|me contactez|mecrivez|menvoyer|me contacter)(?: plus)?",
         r"(?:je ne veux|je veux) (?:plus|pas) (?:de )?(?:recevoir|messages|sms)",
         r"(?:retirez|supprimez|enlevez|desinscrivez|desabonnez) (?:moi|mon numero)",
     )),
@@ -473,7 +475,8 @@ _DISMISSALS = _phrases(
     "go away", "get lost", "fuck off", "fuckoff", "fuk off", "fck off", "f off", "eff off",
     "piss off", "sod off", "bugger off", "naff off", "buzz off", "bog off", "back off",
     "jog on", "do one", "no more", "stop it", "shut up", "shut it", "shutup", "go to hell",
-    "get stuffed", "enough", "enough already", "just fuck off", "fuck off and die",
+    "get stuffed", "enough", "quit it", "cut it out", "knock it off", "pack it in",
+    "enough already", "just fuck off", "fuck off and die",
     "f k off", "f off", "sod off", "get off my phone", "bugger off", "chega", "basta",
 )  # fmt: skip
 # A negation shortly before a request reverses it; "why don't you remove me" does not,
@@ -715,7 +718,7 @@ _OPT_OUT_WORDS = frozenset(
 _OPT_OUT_PHRASES = _phrases(
     "opt out", "opted out", "opting out", "not interested", "no mas", "no more", "dim mwy",
     "leave me", "leave us", "take me", "my number", "this number", "signed up", "im out",
-    "too many",
+    "too many", "im done", "am done", "were done",
     "me out",
 )
 # Hostility without a request: a person reads it (opting it out would also be defensible).
@@ -735,7 +738,9 @@ _HOSTILE_PHRASES = _phrases("f k", "f off", "f you", "screw you", "go to hell", 
 _REFUSALS = _phrases("no", "no thanks", "no thank you", "nope", "nah", "no way", "not for me",
                      "no chance", "not a chance", "never", "dont care", "who cares",
                      "na", "na diolch", "dim diolch", "no gracias", "non merci", "nao obrigado",
-                     "nein danke", "nein")
+                     "nein danke", "nein", "no me interesa", "no estoy interesado",
+                     "no estoy interesada", "nao tenho interesse", "nao quero", "pas interesse",
+                     "dim diddordeb", "kein interesse")
 # A message of nothing but these symbols says STOP, or something hostile, without a word.
 _STOP_SYMBOLS = frozenset(
     "\U0001f6d1\u270b\U0001f6ab\u26d4\U0001f645\U0001f91a\U0001f44e"  # stop, hand, no entry

@@ -161,7 +161,7 @@ def test_each_language_opts_out_in_and_asks_for_help(
     "Count me out",
     "who gave you my number?",
     # an ordinary verb with a pointer is about something else; a named message is not
-    "Cancel it", "Delete this", "Remove all", "Quit it", "Stop me",
+    "Cancel it", "Delete this", "Remove all", "End it", "Stop me",
     "Stop calling me names",
 ])
 def test_traps_are_kept_and_flagged_for_a_person_never_opted_out(text: str) -> None:
