@@ -365,8 +365,10 @@ _AFFIRMATIVE_REQUESTS: tuple[tuple[str, re.Pattern[str]], ...] = (
     )),
     ("request: remove me", _pattern(
         # "remove me from your list", "take me off", "unsubscribe me", "lose my number"
-        rf"(?:remove|delete|erase|unsubscribe|unsub|deregister|unregister|lose|forget|scrub|cancel"
-        rf"|purge|drop|block) {_ME}{_NOT_FROM_ELSEWHERE}",
+        rf"(?:remove|delete|erase|unsubscribe|unsub|deregister|unregister|scrub|cancel|purge)"
+        rf" {_ME}{_NOT_FROM_ELSEWHERE}",
+        # "lose my number", never "drop me a text"
+        r"(?:lose|forget|drop|bin|ditch) (?:my|this) (?:number|phone number|details|mobile|no)",
         rf"(?:take|get|cross|strike|scratch|keep) {_ME} off(?:$| (?:of )?(?:your|ur|the|this"
         rf"|these|that|all|ye|my) (?:\w+ )?{_LIST}\b|{_NOT_FROM_ELSEWHERE} (?:now|please))",
         rf"opt {_ME} out",

@@ -194,7 +194,8 @@ def test_a_bare_refusal_is_flagged_for_a_person(text: str) -> None:
 
 @pytest.mark.parametrize("text", ["Yes, I do!", "Thanks, see you Saturday", "About what?",
                                   "I'm making the call right now.", "Fin de semana en la playa",
-                                  "Para mi esta bien", "ok", "Thanks!"])
+                                  "Para mi esta bien", "ok", "Thanks!",
+                                  "Drop me a text when you are free"])
 def test_ordinary_replies_stay_ordinary(text: str) -> None:
     reading = classify(text)
     assert (reading.intent, reading.rule) == (OTHER, "no rule matched")
