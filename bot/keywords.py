@@ -403,7 +403,8 @@ _AFFIRMATIVE_REQUESTS: tuple[tuple[str, re.Pattern[str]], ...] = (
         r"leave (?:me|us|my|my \w+) (?:the (?:hell|fuck|heck|f) )?(?:alone|be)",
     )),
     ("wrong number", _pattern(
-        r"wrong (?:number|person|phone|mobile|num|cell|contact)",
+        # not "wrong phone": "Wrong phone! This phone! I answer this one" is about handsets
+        r"wrong (?:number|person|num|persons number)",
         r"wrong no$",
     )),
     # Spanish, Portuguese, French, Welsh, German: the same kinds of request.
@@ -726,7 +727,8 @@ _OPT_OUT_PHRASES = _phrases(
 # Hostility without a request: a person reads it (opting it out would also be defensible).
 _HOSTILE_WORDS = frozenset(
     """
-    fuck fucking fuckin fucker fuckers fck fk fu wtf shit shite bullshit crap piss pissed
+    fuck fucks fucking fuckin fucker fuckers fck fcking fk fu effing wtf shit shite bullshit
+    crap piss pissed
     wanker wankers twat twats prick pricks idiot idiots moron morons scum bastard bastards
     arsehole arseholes asshole assholes cunt cunts bitch dick dicks bollocks tosser tossers
     harass harassing harassment spam spamming spammer spammers scam scammer scammers
