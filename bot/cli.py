@@ -466,6 +466,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("channel", choices=["sms", "email", "telegram"])
     e.add_argument("address")
 
+    k = sub.add_parser("classify", help="how a reply would be read (intent and the rule "
+                                        "that fired); needs no configuration")
+    k.add_argument("text", nargs="+", help="the reply's text")
+    k.add_argument("--json", action="store_true", help="the reading as JSON")
+
     def action(parent: argparse.ArgumentParser, dest: str) -> Callable[..., Any]:
         actions = parent.add_subparsers(dest=dest, required=True)
 
@@ -544,8 +549,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _classify(args: argparse.Namespace) -> int:
+    from consentgate.bot.keywords import classify
+
+    reading = classify(" ".join(args.text))
+    if args.json:
+        _print_json({"intent": reading.intent.value, "keyword": reading.keyword,
+                     "argument": reading.argument, "rule": reading.rule})
+    else:
+        print(f"intent: {reading.intent.value}")
+        print(f"rule:   {reading.rule}")
+        if reading.keyword:
+            print(f"matched: {reading.keyword}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "classify":
+        return _classify(args)
     try:
         settings = load_config(args.config)
     except ConfigError as exc:

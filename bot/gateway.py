@@ -25,6 +25,7 @@ from consentgate.bot.links import LinkService
 from consentgate.bot.messages import MessageService
 from consentgate.bot.metrics import Metrics
 from consentgate.bot.pgpacer import SharedPacer
+from consentgate.bot.replies import ReplyService
 from consentgate.bot.telegram import TelegramService, telegram_bots
 from consentgate.bot.tokens import Tokens
 from consentgate.bot.unsubscribe import MailTokens, UnsubscribeService
@@ -118,6 +119,7 @@ class Gateway:
                                      max_in_flight=settings.dispatch.max_in_flight,
                                      pacer_factory=pacer_factory)
         self.inbound = InboundService(self.db, self.ledger, self.metrics, self.campaigns)
+        self.replies = ReplyService(self.db, self.ledger, self.metrics, self.campaigns)
         self.messages = MessageService(self.db, self.gate, self.ledger)
         self.broadcasts = BroadcastService(self.db)
         self._lock: IO[bytes] | None = None

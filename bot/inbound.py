@@ -88,6 +88,8 @@ class InboundService:
             address = event.address  # a short code or sender id: keep it as it came
         keyword: str | None
         argument: str | None
+        c = classify(event.text)
+        rule = c.rule
         if event.kind == "opt_out":
             intent, keyword, argument, provider_replied = Intent.OPT_OUT, "STOP", None, True
         elif event.kind == "opt_in":
@@ -95,11 +97,12 @@ class InboundService:
         elif event.kind == "help":
             intent, keyword, argument, provider_replied = Intent.HELP, "HELP", None, True
         else:
-            c = classify(event.text)
             intent, keyword, argument, provider_replied = c.intent, c.keyword, c.argument, False
+        if provider_replied:
+            rule = f"provider OptOutType {keyword}"
         text_lower = event.text.strip().lower()
         if event.channel == "telegram" and text_lower in ("/stop", "/unsubscribe"):
-            intent = Intent.OPT_OUT
+            intent, rule = Intent.OPT_OUT, "telegram command"
         log = _log.bind(campaign=campaign, channel=event.channel, intent=intent.value,
                         event_id=event.provider_event_id, sender=mask(address))
         reply: str | None = None
@@ -113,7 +116,7 @@ class InboundService:
             await conn.execute(inbound_messages.insert().values(
                 campaign=campaign, channel=event.channel, from_address=address,
                 address_hash=ahash, text=event.text, intent=intent.value, flag=flag,
-                provider_event_id=event.provider_event_id, at=time.time()))
+                rule=rule[:120], provider_event_id=event.provider_event_id, at=time.time()))
             method = "advanced_opt_out" if provider_replied else "keyword"
             if intent in (Intent.OPT_OUT, Intent.OPT_OUT_ALL):
                 await self.ledger.record_opt_out(
@@ -151,7 +154,7 @@ class InboundService:
             if and_then is not None:
                 await and_then(conn, intent.value, reply)
         self.metrics.inbound.labels(event.channel, intent.value).inc()
-        log.info("inbound.applied", flagged=intent is Intent.POSSIBLE_OPT_OUT)
+        log.info("inbound.applied", flagged=intent is Intent.POSSIBLE_OPT_OUT, rule=rule)
         return InboundResult(False, intent.value, None if provider_replied else reply)
 
     async def _link_for_keyword(self, conn: AsyncConnection, settings: CampaignSettings,

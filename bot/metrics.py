@@ -6,7 +6,7 @@ API and the logs all speak the same words.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["Metrics"]
 
@@ -29,3 +29,12 @@ class Metrics:
         self.send_seconds = Histogram(
             "consentgate_provider_call_seconds", "Time of one provider call",
             ["channel"], registry=self.registry)
+        # A flagged reply is a promise that a person reads it: alert when the queue grows
+        # or its oldest waits too long (set from the database when /metrics is read).
+        self.flagged_waiting = Gauge(
+            "consentgate_flagged_replies_waiting", "Flagged replies no person has resolved yet",
+            ["campaign"], registry=self.registry)
+        self.flagged_oldest_age = Gauge(
+            "consentgate_flagged_reply_oldest_age_seconds",
+            "Age of the oldest unresolved flagged reply (0 when none waits)",
+            ["campaign"], registry=self.registry)

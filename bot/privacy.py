@@ -282,7 +282,7 @@ class Privacy:
             replies = (await conn.execute(
                 update(im).where(im.c.campaign == slug, im.c.channel == channel,
                                  im.c.address_hash == ahash)
-                .values(from_address=None, text=None))).rowcount or 0
+                .values(from_address=None, text=None, resolution_note=None))).rowcount or 0
             subs = (await conn.execute(
                 delete(subscriptions).where(subscriptions.c.campaign == slug,
                                             subscriptions.c.channel == channel,
@@ -515,7 +515,7 @@ class Privacy:
             replies = (await conn.execute(
                 update(im).where(out_of_contact(im), im.c.from_address.is_not(None),
                                  im.c.at < cutoff)
-                .values(from_address=None, text=None))).rowcount or 0
+                .values(from_address=None, text=None, resolution_note=None))).rowcount or 0
             sp = suppressions
             supp = (await conn.execute(
                 update(sp).where(sp.c.campaign == slug, sp.c.address.is_not(None),

@@ -344,6 +344,7 @@ class UnsubscribeService:
                 address_hash=self.ledger.hash(_CHANNEL, address), text=event.text,
                 intent=intent.value,
                 flag="possible_opt_out" if intent is Intent.POSSIBLE_OPT_OUT else None,
+                rule=reading.rule[:120],
                 provider_event_id=event.provider_event_id[:200], at=time.time()))
             if intent in (Intent.OPT_OUT, Intent.OPT_OUT_ALL):
                 await self._opt_out(conn, campaign, _CHANNEL, address, method="email_reply",

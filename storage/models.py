@@ -219,8 +219,14 @@ inbound_messages = Table(
     Column("flag", String(32), nullable=True),  # possible_opt_out
     Column("provider_event_id", String(200), nullable=True),
     Column("at", Float, nullable=False),
+    Column("rule", String(120), nullable=True),  # why the classifier read it so
+    Column("resolution", String(32), nullable=True),  # opted_out | not_an_opt_out
+    Column("resolved_by", String(200), nullable=True),
+    Column("resolved_at", Float, nullable=True),
+    Column("resolution_note", Text, nullable=True),
     Index("ix_inbound_campaign", "campaign", "at"),
     Index("ix_inbound_subject", "campaign", "channel", "address_hash"),
+    Index("ix_inbound_review", "campaign", "flag", "resolution", "at"),
 )
 
 links = Table(

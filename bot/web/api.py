@@ -15,7 +15,7 @@ from consentgate.bot.imports import import_consents, import_opt_outs
 from consentgate.bot.messages import iso
 from consentgate.bot.versions import consent_text_version
 from consentgate.bot.web.common import channel_of, gateway, operator, read_json
-from consentgate.storage.models import audit_events, inbound_messages
+from consentgate.storage.models import audit_events
 
 __all__ = ["add_routes"]
 
@@ -201,18 +201,22 @@ async def get_replies(request: web.Request) -> web.Response:
     op = operator(request)
     gw = gateway(request)
     flagged = request.query.get("flagged", "").lower() in ("1", "true", "yes")
+    unresolved = request.query.get("unresolved", "").lower() in ("1", "true", "yes")
     limit = request.query.get("limit", "500")
     if not limit.isdigit() or not 1 <= int(limit) <= 10000:
         raise InvalidInput("invalid_query", "limit must be 1-10000")
-    im = inbound_messages
-    stmt = (select(im).where(im.c.campaign == op.campaign.slug)
-            .order_by(im.c.at.desc(), im.c.id.desc()).limit(int(limit)))
-    if flagged:
-        stmt = stmt.where(im.c.flag.is_not(None))
-    async with gw.db.read() as conn:
-        rows = (await conn.execute(stmt)).all()
-    return _json([{"id": r.id, "channel": r.channel, "from": r.from_address, "text": r.text,
-                   "at": iso(r.at), "flag": r.flag, "intent": r.intent} for r in rows])
+    return _json(await gw.replies.list(op.campaign.slug, flagged=flagged,
+                                       unresolved=unresolved, limit=int(limit)))
+
+
+async def resolve_reply(request: web.Request) -> web.Response:
+    """A person's decision about one reply: 200 with the reply; 404, 409 ``already_resolved``."""
+    op = operator(request)
+    gw = gateway(request)
+    reply_id = _int(request.match_info["id"], "reply")
+    body = await read_json(request)
+    return _json(await gw.replies.resolve(op.campaign.slug, reply_id, body.get("action"),
+                                          body.get("note"), op.name))
 
 
 def add_routes(app: web.Application) -> None:
@@ -229,4 +233,5 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/v1/broadcasts/{id}/resume", resume_broadcast)
     r.add_get("/api/v1/audit", get_audit)
     r.add_get("/api/v1/replies", get_replies)
+    r.add_post("/api/v1/replies/{id}/resolve", resolve_reply)
     r.add_post("/api/v1/suppressions/import", post_suppression_import)

@@ -25,7 +25,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    data = generate_latest(gateway(request).metrics.registry)
+    gw = gateway(request)
+    await gw.replies.refresh_gauges()
+    data = generate_latest(gw.metrics.registry)
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

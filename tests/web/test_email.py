@@ -737,3 +737,22 @@ secret_key = "0123456789abcdef0123456789abcdef"
 
     error = capsys.readouterr().err
     assert "configuration error: campaigns[1].email.inbound.port" in error
+
+
+async def test_an_email_reply_is_read_by_the_same_classifier_as_sms(
+    mail: Harness, sink: SmtpSink
+) -> None:
+    await mail.subscribe(VOTER, channel="email")
+    await send_email(mail, VOTER)
+    [received] = await sink.wait_for(1)
+    [reply_to] = [a for a in re.findall(r"[\w.+-]+@[\w.-]+", str(received.message["Reply-To"]))
+                  if a.endswith(DOMAIN)]
+
+    await deliver(mail, person_mail(reply_to, "I no longer wish to receive these emails"),
+                  sender=VOTER, to=reply_to)
+
+    assert (await subscriber(mail, VOTER))["status"] == "opted_out"
+    status, replies = await mail.api("GET", "/api/v1/replies")
+    assert status == 200
+    assert (replies[0]["intent"], replies[0]["rule"]) == (
+        "opt_out", "request: doesn't want messages")

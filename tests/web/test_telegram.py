@@ -591,3 +591,21 @@ polling = true
         status, took = await serve.stop()
         assert status == 0, serve.log()
         assert took < 10
+
+
+@pytest.mark.parametrize(
+    ("text", "status", "rule"),
+    [("please take me off", "opted_out", "request: whole message"),
+     ("Peidiwch ag anfon negeseuon", "opted_out", "request (cy)"),
+     ("optut", "opted_out", "misspelt OPTOUT"),
+     ("Can you stop by the stall on Saturday?", "subscribed",
+      "opt-out word about something else")])
+async def test_telegram_messages_are_read_by_the_same_classifier_as_sms(
+        tg: Harness, fake: FakeTelegram, text: str, status: str, rule: str) -> None:
+    await start_and_say_yes(tg, fake)
+    assert await deliver(tg, message_update(300, USER, text)) == 200
+    assert (await status_of(tg))["status"] == status
+    code, replies = await tg.api("GET", "/api/v1/replies")
+    assert code == 200
+    assert (replies[0]["channel"], replies[0]["rule"]) == ("telegram", rule)
+    assert (replies[0]["flag"] is None) == (status == "opted_out")
