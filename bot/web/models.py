@@ -18,6 +18,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from consentgate.bot.links import MAX_NAME
+from consentgate.bot.messages import MAX_TEXT
+from consentgate.bot.subscribers import MAX_REASON
+
 __all__ = [
     "AuditEvent",
     "AuditQuery",
@@ -53,10 +57,7 @@ Channel = Literal["sms", "email", "telegram"]
 
 MAX_ADDRESS = 320
 MAX_EVIDENCE = 1000
-MAX_TEXT = 4096  # bot.messages.MAX_TEXT: what one message may hold
 MAX_SUBJECT = 200
-MAX_REASON = 500
-MAX_NAME = 200
 MAX_METHOD = 40
 MAX_FILTER = 200
 

@@ -172,4 +172,7 @@ def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespo
 
 def add_routes(app: web.Application, routes: tuple[Route, ...] = API_ROUTES) -> None:
     for route in routes:
-        app.router.add_route(route.method, route.path, _endpoint(route))
+        if route.method == "GET":  # and HEAD, as aiohttp does for every GET
+            app.router.add_get(route.path, _endpoint(route))
+        else:
+            app.router.add_route(route.method, route.path, _endpoint(route))
