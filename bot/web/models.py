@@ -336,8 +336,8 @@ class AuditEvent(Answer):
 class Reply(OpenAnswer):
     id: int
     channel: Channel
-    from_: str = Field(alias="from")
-    text: str
+    from_: str | None = Field(alias="from", description="null once the sender is erased")
+    text: str | None
     at: str | None
     flag: Literal["possible_opt_out"] | None
     intent: str | None
