@@ -14,9 +14,9 @@ denied, is the channel configured) stay in the services: the models check shape 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
 from consentgate.bot.links import MAX_NAME
 from consentgate.bot.messages import MAX_TEXT
@@ -151,10 +151,10 @@ class BroadcastIn(Request):
 class LinkIn(Request):
     channel: Channel = _field("invalid_channel")
     name: str = _field("invalid_name", min_length=1, max_length=MAX_NAME)
-    telegram_chat_id: int | str | None = _field(
+    telegram_chat_id: int | Annotated[str, StringConstraints(max_length=32)] | None = _field(
         "invalid_telegram_chat_id", default=None,
         description="one of the campaign's own_chats: a Telegram invite link asking to join")
-    expires_at: str | float | None = _field(
+    expires_at: Annotated[str, StringConstraints(max_length=64)] | float | None = _field(
         "invalid_expires_at", default=None,
         description="ISO 8601 date-time (naive means UTC) or UNIX seconds, in the future")
     member_limit: int | None = _field("invalid_member_limit", default=None,

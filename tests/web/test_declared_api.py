@@ -144,6 +144,8 @@ async def test_odd_bytes_in_a_query_are_never_a_5xx(gw: Harness) -> None:
                           "source": "s" * 1001, "evidence": "form"}),
     ("/api/v1/opt-outs", {"channel": "sms", "address": NUMBER, "reason": "r" * 501}),
     ("/api/v1/links", {"channel": "sms", "name": "n" * 201}),
+    ("/api/v1/links", {"channel": "telegram", "name": "n", "telegram_chat_id": "1" * 40}),
+    ("/api/v1/links", {"channel": "sms", "name": "n", "expires_at": "2030" + " " * 100}),
     ("/api/v1/messages", {"channel": "email", "to": "ann@example.org", "text": "hi",
                           "subject": "s" * 201}),
 ])
@@ -332,7 +334,7 @@ async def test_a_405_says_which_methods_are_allowed(gw: Harness) -> None:
         assert set(r.headers["Allow"].split(",")) == {"POST"}
     async with gw.session.put(f"{gw.url}/api/v1/links") as r:
         assert r.status == 405
-        assert set(r.headers["Allow"].split(",")) == {"GET", "POST"}
+        assert set(r.headers["Allow"].split(",")) == {"GET", "HEAD", "POST"}
 
 
 async def test_api_answers_are_never_cached(gw: Harness) -> None:
