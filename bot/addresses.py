@@ -24,7 +24,7 @@ _TELEGRAM_ID = re.compile(r"-?[1-9][0-9]{0,19}")
 _MAX_ADDRESS = 320
 
 
-def normalise_address(channel: str, raw: object, default_region: str = "GB") -> str:
+def normalise_address(channel: str, raw: str, default_region: str = "GB") -> str:
     """The canonical form of ``raw`` on ``channel``, or :class:`InvalidInput`
     (code ``invalid_address``) naming what is wrong."""
     if not isinstance(raw, str) or not raw.strip():

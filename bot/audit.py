@@ -13,15 +13,17 @@ import json
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from consentgate.storage.db import Database
 from consentgate.storage.models import audit_events, audit_heads
 
-__all__ = ["GENESIS", "AuditRecord", "Verification", "append", "first_broken", "record_hash",
-           "subject_for", "verify"]
+__all__ = ["GENESIS", "AuditLog", "AuditRecord", "Verification", "append", "first_broken",
+           "record_hash", "subject_for", "verify"]
 
 GENESIS = "0" * 64
 
@@ -167,3 +169,34 @@ async def verify(conn: AsyncConnection, campaign: str, *, page: int = 5000) -> V
     if head.hash != prev:
         return Verification(campaign, count, last, "the last record does not match the head")
     return Verification(campaign, count)
+
+
+class AuditLog:
+    """Reading a campaign's audit log, oldest first, a page at a time."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def list(self, campaign: str, *, after: int = 0, limit: int = 1000,
+                   action: str | None = None, actor: str | None = None,
+                   subject: str | None = None) -> list[dict[str, Any]]:
+        """Records with ``seq`` above ``after``; ``action``, ``actor`` and ``subject``
+        (e.g. ``sms#<hash>``: everything done about one person) narrow it."""
+        ae = audit_events
+        stmt = (select(ae).where(ae.c.campaign == campaign, ae.c.seq > after)
+                .order_by(ae.c.seq).limit(limit))
+        if action:
+            stmt = stmt.where(ae.c.action == action)
+        if actor:
+            stmt = stmt.where(ae.c.actor == actor)
+        if subject:
+            stmt = stmt.where(ae.c.subject == subject)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [{"seq": r.seq, "at": _iso(r.at), "actor": r.actor, "action": r.action,
+                 "subject": r.subject, "detail": r.detail, "prev_hash": r.prev_hash,
+                 "hash": r.hash} for r in rows]
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()

@@ -17,9 +17,9 @@ from sqlalchemy import and_, case, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consentgate.bot import audit, outbox
-from consentgate.bot.errors import Conflict, Forbidden, InvalidInput, NotFound
+from consentgate.bot.errors import Conflict, Forbidden, NotFound
 from consentgate.bot.ledger import suppressed_clause
-from consentgate.bot.messages import MAX_TEXT, iso
+from consentgate.bot.messages import check_text, iso
 from consentgate.storage.db import Database
 from consentgate.storage.models import broadcasts, messages, subscriptions
 
@@ -119,16 +119,11 @@ class BroadcastService:
         return {"eligible": eligible, "excluded": counts}
 
     async def create(self, campaign: str, channels_enabled: frozenset[str], actor: str,
-                     channel: str, text: object, subject: object = None,
+                     channel: str, text: str, subject: str | None = None,
                      dry_run: bool = False) -> dict[str, Any]:
         if channel not in channels_enabled:
             raise Forbidden("channel_disabled", f"this campaign has no {channel} channel")
-        if not isinstance(text, str) or not text.strip():
-            raise InvalidInput("invalid_text", "text must be a non-empty string")
-        if len(text) > MAX_TEXT:
-            raise InvalidInput("invalid_text", f"text is longer than {MAX_TEXT} characters")
-        if subject is not None and not isinstance(subject, str):
-            raise InvalidInput("invalid_subject", "subject must be a string")
+        check_text(text, subject)
         audience = await self.audience(campaign, channel)
         if dry_run:
             return {"id": None, "status": "dry_run", "audience": audience}

@@ -14,18 +14,22 @@ from sqlalchemy import select
 
 from consentgate.adapters.base import ChannelAdapter
 from consentgate.adapters.log import LogChannel
+from consentgate.bot.audit import AuditLog
 from consentgate.bot.broadcasts import BroadcastService
 from consentgate.bot.compose import Composer
 from consentgate.bot.config import CampaignSettings, Settings
 from consentgate.bot.dispatch import Dispatcher
 from consentgate.bot.gate import CampaignRules, ConsentGate
 from consentgate.bot.inbound import InboundService
+from consentgate.bot.join import JoinService
 from consentgate.bot.ledger import Ledger
 from consentgate.bot.links import LinkService
 from consentgate.bot.messages import MessageService
 from consentgate.bot.metrics import Metrics
 from consentgate.bot.pgpacer import SharedPacer
+from consentgate.bot.privacy import Privacy
 from consentgate.bot.replies import ReplyService
+from consentgate.bot.subscribers import SubscriberService
 from consentgate.bot.telegram import TelegramService, telegram_bots
 from consentgate.bot.tokens import Tokens
 from consentgate.bot.unsubscribe import MailTokens, UnsubscribeService
@@ -133,6 +137,11 @@ class Gateway:
                                         self.links, self.campaigns, bots,
                                         public_url=settings.server.public_url,
                                         wake=self.dispatcher.wake)
+        self.subscribers = SubscriberService(self.db, self.ledger, self.gate, self.metrics)
+        self.privacy = Privacy(self.db, self.ledger, settings)
+        self.joins = JoinService(self.db, self.ledger, self.links, self.tokens, self.campaigns,
+                                 settings.server.public_url, wake=self.dispatcher.wake)
+        self.audit_log = AuditLog(self.db)
 
     async def start(self) -> None:
         """Migrate, sync campaigns, recover from a previous crash."""

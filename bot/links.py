@@ -207,10 +207,10 @@ class LinkService:
         actor: str,
         *,
         channel: str,
-        name: object,
-        telegram_chat_id: object = None,
-        expires_at: object = None,
-        member_limit: object = None,
+        name: str,
+        telegram_chat_id: int | str | None = None,
+        expires_at: str | float | None = None,
+        member_limit: int | None = None,
     ) -> Link:
         """Create a link. With ``telegram_chat_id`` (one of the campaign's ``own_chats``)
         Telegram is asked for an invite link that creates join requests; the row is written
@@ -218,7 +218,7 @@ class LinkService:
         settings = self.campaigns[campaign]
         if channel not in settings.channels():
             raise InvalidInput("channel_disabled", f"this campaign has no {channel} channel")
-        if not isinstance(name, str) or not name.strip():
+        if not name.strip():
             raise InvalidInput("invalid_name", "name must be a non-empty string")
         name = name.strip()
         if len(name) > MAX_NAME:

@@ -26,13 +26,24 @@ from consentgate.bot.ledger import Ledger
 from consentgate.storage.db import Database
 from consentgate.storage.models import idempotency_keys, messages
 
-__all__ = ["MessageService", "iso"]
+__all__ = ["MessageService", "check_text", "iso"]
 
 MAX_TEXT = 4096
 
 
 def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def check_text(text: str, subject: str | None) -> None:
+    """A message's text and (email) subject as any caller may give them: text not blank
+    and within MAX_TEXT; a subject on one line (a line break would start a new header)."""
+    if not text.strip():
+        raise InvalidInput("invalid_text", "text must be a non-empty string")
+    if len(text) > MAX_TEXT:
+        raise InvalidInput("invalid_text", f"text is longer than {MAX_TEXT} characters")
+    if subject is not None and ("\r" in subject or "\n" in subject):
+        raise InvalidInput("invalid_subject", "subject must be one line")
 
 
 @dataclass(frozen=True)
@@ -47,18 +58,13 @@ class MessageService:
         self.gate = gate
         self.ledger = ledger
 
-    async def send(self, settings: CampaignSettings, actor: str, channel: str, to: object,
-                   text: object, subject: object = None,
+    async def send(self, settings: CampaignSettings, actor: str, channel: str, to: str,
+                   text: str, subject: str | None = None,
                    idempotency_key: str | None = None) -> Answer:
         """Queue one message, or refuse it now (403 with the gate's reason). With an
         Idempotency-Key the first answer is stored with the message, in one transaction,
         and replayed for every repeat."""
-        if not isinstance(text, str) or not text.strip():
-            raise InvalidInput("invalid_text", "text must be a non-empty string")
-        if len(text) > MAX_TEXT:
-            raise InvalidInput("invalid_text", f"text is longer than {MAX_TEXT} characters")
-        if subject is not None and not isinstance(subject, str):
-            raise InvalidInput("invalid_subject", "subject must be a string")
+        check_text(text, subject)
         address = normalise_address(channel, to, settings.default_region)
         request_hash = hashlib.sha256(
             json.dumps([channel, address, text, subject]).encode()).hexdigest()

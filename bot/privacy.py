@@ -122,7 +122,7 @@ class Privacy:
         self.settings = settings
         self.retention_days = settings.policy.retention_days
 
-    def address(self, campaign: CampaignSettings, channel: str, raw: object) -> str:
+    def address(self, campaign: CampaignSettings, channel: str, raw: str) -> str:
         """The canonical address, read as everywhere else (national numbers in the
         campaign's region)."""
         return normalise_address(channel, raw, campaign.default_region)

@@ -62,16 +62,14 @@ class ReplyService:
             rows = (await conn.execute(stmt)).all()
         return [_view(r) for r in rows]
 
-    async def resolve(self, campaign: str, reply_id: int, action: object, note: object,
+    async def resolve(self, campaign: str, reply_id: int, action: str, note: str | None,
                       operator: str) -> dict[str, Any]:
         """Record an operator's decision about one reply; ``opt_out`` opts its sender out
         as their own STOP would. 404 ``reply_not_found``, 409 ``already_resolved``, 422
-        ``invalid_action`` / ``invalid_note``."""
-        if not isinstance(action, str) or action not in ACTIONS:
+        ``invalid_action``."""
+        if action not in ACTIONS:
             raise InvalidInput("invalid_action",
                                'action must be "opt_out" or "not_an_opt_out"')
-        if note is not None and not isinstance(note, str):
-            raise InvalidInput("invalid_note", "note must be a string")
         note_text = (note or "").strip()[:_MAX_NOTE] or None
         resolution = ACTIONS[action]
         im = inbound_messages

@@ -1,237 +1,147 @@
-"""The operators' HTTP API under ``/api/v1`` (see CONTRACT.md). Thin: parse, authorise,
-call a service, answer JSON."""
+"""The operators' HTTP API under ``/api/v1`` (see CONTRACT.md): consents, opt-outs,
+subscribers, messages, broadcasts, the audit log and replies.
+
+Thin: each handler gets the calling operator and its decoded request model (the route table
+in :mod:`bot.web.routes` declares which, and checks the role), calls one service, and
+answers JSON. No SQL and no transaction here: the services own both.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import select
 
-from consentgate.bot.addresses import normalise_address
-from consentgate.bot.consent import Evidence, Status
-from consentgate.bot.errors import InvalidInput, NotFound
+from consentgate.bot.errors import InvalidInput
 from consentgate.bot.imports import import_consents, import_opt_outs
-from consentgate.bot.messages import iso
-from consentgate.bot.versions import consent_text_version
-from consentgate.bot.web.common import channel_of, gateway, operator, read_json
-from consentgate.storage.models import audit_events
+from consentgate.bot.web.common import Call, channel_of, json_answer, path_id
+from consentgate.bot.web.models import (
+    AuditQuery,
+    BroadcastIn,
+    ConsentIn,
+    MessageIn,
+    OptOutIn,
+    RepliesQuery,
+    ResolveIn,
+)
 
-__all__ = ["add_routes"]
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status)
-
-
-def _int(value: str, name: str) -> int:
-    if not value.isdigit() or len(value) > 18:
-        raise NotFound(f"{name}_not_found", f"no such {name}")
-    return int(value)
-
-
-async def post_consent(request: web.Request) -> web.Response:
-    op = operator(request)
-    gw = gateway(request)
-    body = await read_json(request)
-    channel = channel_of(body.get("channel"))
-    if channel not in op.campaign.channels():
-        raise InvalidInput("channel_disabled", f"this campaign has no {channel} channel")
-    address = normalise_address(channel, body.get("address"), op.campaign.default_region)
-    method = body.get("method")
-    source = body.get("source", "")
-    evidence = body.get("evidence", "")
-    if not isinstance(method, str):
-        raise InvalidInput("invalid_method", "method must be a string")
-    if not isinstance(source, str) or not isinstance(evidence, str):
-        raise InvalidInput("missing_evidence", "source and evidence must be strings")
-    ev = Evidence(method, source, evidence, consent_text_version(op.campaign.consent_text),
-                  op.name)
-    async with gw.db.write() as conn:
-        status = await gw.ledger.record_consent(conn, op.campaign.slug, channel, address, ev,
-                                                by_recipient=False)
-    return _json({"channel": channel, "address": address, "status": status.value}, 201)
+__all__ = [
+    "cancel_broadcast",
+    "get_audit",
+    "get_broadcast",
+    "get_message",
+    "get_replies",
+    "get_subscriber",
+    "post_broadcast",
+    "post_consent",
+    "post_consent_import",
+    "post_message",
+    "post_opt_out",
+    "post_suppression_import",
+    "resolve_reply",
+    "resume_broadcast",
+]
 
 
-async def post_consent_import(request: web.Request) -> web.Response:
-    op = operator(request)
-    gw = gateway(request)
-    data = await request.read()
-    report = await import_consents(gw.db, gw.ledger, op.campaign, op.name, data)
-    return _json(report.as_dict())
+async def post_consent(call: Call, body: ConsentIn) -> web.Response:
+    answer = await call.gw.subscribers.record_consent(
+        call.op.campaign, call.op.name, body.channel, body.address, body.method,
+        body.source, body.evidence)
+    return json_answer(answer, 201)
 
 
-async def post_suppression_import(request: web.Request) -> web.Response:
-    op = operator(request)
-    gw = gateway(request)
-    data = await request.read()
-    report = await import_opt_outs(gw.db, gw.ledger, op.campaign, op.name, data)
-    return _json(report.as_dict())
+async def post_consent_import(call: Call) -> web.Response:
+    gw = call.gw
+    data = await call.request.read()
+    report = await import_consents(gw.db, gw.ledger, call.op.campaign, call.op.name, data)
+    return json_answer(report.as_dict())
 
 
-async def post_opt_out(request: web.Request) -> web.Response:
-    op = operator(request)
-    gw = gateway(request)
-    body = await read_json(request)
-    channel = channel_of(body.get("channel"))
-    address = normalise_address(channel, body.get("address"), op.campaign.default_region)
-    reason = body.get("reason")
-    if reason is not None and not isinstance(reason, str):
-        raise InvalidInput("invalid_reason", "reason must be a string")
-    async with gw.db.write() as conn:
-        cancelled = await gw.ledger.record_opt_out(
-            conn, op.campaign.slug, channel, address, method="operator",
-            reason=(reason or "operator request").strip()[:500], actor=op.name)
-    gw.metrics.opt_outs.labels(channel, "operator").inc()
-    return _json({"channel": channel, "address": address, "status": "opted_out",
-                  "cancelled": cancelled}, 201)
+async def post_suppression_import(call: Call) -> web.Response:
+    gw = call.gw
+    data = await call.request.read()
+    report = await import_opt_outs(gw.db, gw.ledger, call.op.campaign, call.op.name, data)
+    return json_answer(report.as_dict())
 
 
-async def get_subscriber(request: web.Request) -> web.Response:
-    op = operator(request)
-    gw = gateway(request)
-    channel = channel_of(request.match_info["channel"])
-    address = normalise_address(channel, request.match_info["address"],
-                                op.campaign.default_region)
-    async with gw.db.read() as conn:
-        state = await gw.ledger.state(conn, op.campaign.slug, channel, address)
-        decision = await gw.gate.decide_now(conn, op.campaign.slug, channel, address)
-        history = await gw.ledger.history(conn, op.campaign.slug, channel, address)
-    status = Status.SUPPRESSED if state.suppressed else state.status
-    return _json({
-        "channel": channel, "address": address, "status": status.value,
-        "can_send": decision.allowed,
-        "reason": decision.reason.value if decision.reason else None,
-        "history": [{"at": iso(h.at), "event": h.event, "method": h.method,
-                     "source": h.source, "actor": h.actor} for h in history],
-    })
+async def post_opt_out(call: Call, body: OptOutIn) -> web.Response:
+    answer = await call.gw.subscribers.opt_out(call.op.campaign, call.op.name, body.channel,
+                                               body.address, body.reason)
+    return json_answer(answer, 201)
 
 
-async def post_message(request: web.Request) -> web.Response:
-    op = operator(request)
-    gw = gateway(request)
-    body = await read_json(request)
-    channel = channel_of(body.get("channel"))
-    key = request.headers.get("Idempotency-Key")
+async def get_subscriber(call: Call) -> web.Response:
+    match = call.request.match_info
+    channel = channel_of(match["channel"])
+    return json_answer(await call.gw.subscribers.view(call.op.campaign, channel,
+                                                      match["address"]))
+
+
+async def post_message(call: Call, body: MessageIn) -> web.Response:
+    gw = call.gw
+    key = call.request.headers.get("Idempotency-Key")
     if key is not None and (not key.strip() or len(key) > 200):
         raise InvalidInput("invalid_idempotency_key", "Idempotency-Key must be 1-200 chars")
-    answer = await gw.messages.send(op.campaign, op.name, channel, body.get("to"),
-                                    body.get("text"), body.get("subject"), key)
+    answer = await gw.messages.send(call.op.campaign, call.op.name, body.channel, body.to,
+                                    body.text, body.subject, key)
     if answer.status == 202:
-        gw.dispatcher.wake(op.campaign.slug, channel)
-        return _json(answer.body, 202)
+        gw.dispatcher.wake(call.op.campaign.slug, body.channel)
+        return json_answer(answer.body, 202)
     return web.json_response(answer.body, status=answer.status,
                              content_type="application/problem+json")
 
 
-async def get_message(request: web.Request) -> web.Response:
-    op = operator(request)
-    gw = gateway(request)
-    message_id = _int(request.match_info["id"], "message")
-    return _json(await gw.messages.view(op.campaign.slug, message_id))
+async def get_message(call: Call) -> web.Response:
+    message_id = path_id(call.request, "id", "message")
+    return json_answer(await call.gw.messages.view(call.op.campaign.slug, message_id))
 
 
-async def post_broadcast(request: web.Request) -> web.Response:
-    op = operator(request)
-    gw = gateway(request)
-    body = await read_json(request)
-    channel = channel_of(body.get("channel"))
-    dry_run = body.get("dry_run", False)
-    if not isinstance(dry_run, bool):
-        raise InvalidInput("invalid_dry_run", "dry_run must be true or false")
-    result = await gw.broadcasts.create(op.campaign.slug, gw.rules[op.campaign.slug]
-                                        .channels_enabled, op.name, channel,
-                                        body.get("text"), body.get("subject"), dry_run)
-    if dry_run:
-        return _json(result, 200)
-    gw.dispatcher.wake(op.campaign.slug, channel)
-    return _json(result, 202)
+async def post_broadcast(call: Call, body: BroadcastIn) -> web.Response:
+    gw = call.gw
+    slug = call.op.campaign.slug
+    result = await gw.broadcasts.create(slug, gw.rules[slug].channels_enabled, call.op.name,
+                                        body.channel, body.text, body.subject, body.dry_run)
+    if body.dry_run:
+        return json_answer(result, 200)
+    gw.dispatcher.wake(slug, body.channel)
+    return json_answer(result, 202)
 
 
-async def get_broadcast(request: web.Request) -> web.Response:
-    op = operator(request)
-    gw = gateway(request)
-    broadcast_id = _int(request.match_info["id"], "broadcast")
-    return _json(await gw.broadcasts.view(op.campaign.slug, broadcast_id))
+async def get_broadcast(call: Call) -> web.Response:
+    broadcast_id = path_id(call.request, "id", "broadcast")
+    return json_answer(await call.gw.broadcasts.view(call.op.campaign.slug, broadcast_id))
 
 
-async def cancel_broadcast(request: web.Request) -> web.Response:
-    op = operator(request)
-    gw = gateway(request)
-    broadcast_id = _int(request.match_info["id"], "broadcast")
-    return _json(await gw.broadcasts.cancel(op.campaign.slug, broadcast_id, op.name))
+async def cancel_broadcast(call: Call) -> web.Response:
+    broadcast_id = path_id(call.request, "id", "broadcast")
+    return json_answer(await call.gw.broadcasts.cancel(call.op.campaign.slug, broadcast_id,
+                                                       call.op.name))
 
 
-async def resume_broadcast(request: web.Request) -> web.Response:
+async def resume_broadcast(call: Call) -> web.Response:
     """A paused broadcast goes on: 200 with its view; 409 ``broadcast_not_paused`` otherwise."""
-    op = operator(request)
-    gw = gateway(request)
-    broadcast_id = _int(request.match_info["id"], "broadcast")
-    view = await gw.broadcasts.resume(op.campaign.slug, broadcast_id, op.name)
-    gw.dispatcher.wake(op.campaign.slug, view["channel"])
-    return _json(view)
+    broadcast_id = path_id(call.request, "id", "broadcast")
+    view: dict[str, Any] = await call.gw.broadcasts.resume(call.op.campaign.slug,
+                                                           broadcast_id, call.op.name)
+    call.gw.dispatcher.wake(call.op.campaign.slug, view["channel"])
+    return json_answer(view)
 
 
-async def get_audit(request: web.Request) -> web.Response:
-    op = operator(request)
-    gw = gateway(request)
-    q = request.query
-    after = q.get("after", "0")
-    limit = q.get("limit", "1000")
-    if (not after.isdigit() or len(after) > 18 or not limit.isdigit()
-            or not 1 <= int(limit) <= 10000):
-        raise InvalidInput("invalid_query", "after must be a number, limit 1-10000")
-    stmt = (select(audit_events).where(audit_events.c.campaign == op.campaign.slug,
-                                       audit_events.c.seq > int(after))
-            .order_by(audit_events.c.seq).limit(int(limit)))
-    if q.get("action"):
-        stmt = stmt.where(audit_events.c.action == q["action"])
-    if q.get("actor"):
-        stmt = stmt.where(audit_events.c.actor == q["actor"])
-    if q.get("subject"):  # e.g. sms#<hash>: everything done about one person
-        stmt = stmt.where(audit_events.c.subject == q["subject"])
-    async with gw.db.read() as conn:
-        rows = (await conn.execute(stmt)).all()
-    return _json([{"seq": r.seq, "at": iso(r.at), "actor": r.actor, "action": r.action,
-                   "subject": r.subject, "detail": r.detail, "prev_hash": r.prev_hash,
-                   "hash": r.hash} for r in rows])
+async def get_audit(call: Call, query: AuditQuery) -> web.Response:
+    return json_answer(await call.gw.audit_log.list(
+        call.op.campaign.slug, after=query.after, limit=query.limit, action=query.action,
+        actor=query.actor, subject=query.subject))
 
 
-async def get_replies(request: web.Request) -> web.Response:
-    op = operator(request)
-    gw = gateway(request)
-    flagged = request.query.get("flagged", "").lower() in ("1", "true", "yes")
-    unresolved = request.query.get("unresolved", "").lower() in ("1", "true", "yes")
-    limit = request.query.get("limit", "500")
-    if not limit.isdigit() or not 1 <= int(limit) <= 10000:
-        raise InvalidInput("invalid_query", "limit must be 1-10000")
-    return _json(await gw.replies.list(op.campaign.slug, flagged=flagged,
-                                       unresolved=unresolved, limit=int(limit)))
+async def get_replies(call: Call, query: RepliesQuery) -> web.Response:
+    return json_answer(await call.gw.replies.list(call.op.campaign.slug,
+                                                  flagged=query.flagged,
+                                                  unresolved=query.unresolved,
+                                                  limit=query.limit))
 
 
-async def resolve_reply(request: web.Request) -> web.Response:
+async def resolve_reply(call: Call, body: ResolveIn) -> web.Response:
     """A person's decision about one reply: 200 with the reply; 404, 409 ``already_resolved``."""
-    op = operator(request)
-    gw = gateway(request)
-    reply_id = _int(request.match_info["id"], "reply")
-    body = await read_json(request)
-    return _json(await gw.replies.resolve(op.campaign.slug, reply_id, body.get("action"),
-                                          body.get("note"), op.name))
-
-
-def add_routes(app: web.Application) -> None:
-    r = app.router
-    r.add_post("/api/v1/consents", post_consent)
-    r.add_post("/api/v1/consents/import", post_consent_import)
-    r.add_post("/api/v1/opt-outs", post_opt_out)
-    r.add_get("/api/v1/subscribers/{channel}/{address}", get_subscriber)
-    r.add_post("/api/v1/messages", post_message)
-    r.add_get("/api/v1/messages/{id}", get_message)
-    r.add_post("/api/v1/broadcasts", post_broadcast)
-    r.add_get("/api/v1/broadcasts/{id}", get_broadcast)
-    r.add_post("/api/v1/broadcasts/{id}/cancel", cancel_broadcast)
-    r.add_post("/api/v1/broadcasts/{id}/resume", resume_broadcast)
-    r.add_get("/api/v1/audit", get_audit)
-    r.add_get("/api/v1/replies", get_replies)
-    r.add_post("/api/v1/replies/{id}/resolve", resolve_reply)
-    r.add_post("/api/v1/suppressions/import", post_suppression_import)
+    reply_id = path_id(call.request, "id", "reply")
+    return json_answer(await call.gw.replies.resolve(call.op.campaign.slug, reply_id,
+                                                     body.action, body.note, call.op.name))

@@ -1,22 +1,23 @@
 """The aiohttp application: middleware (request context, limits, errors) and routes.
 
-Handlers are thin: they parse, authorise and call a service. Every error a service raises
-is a :class:`bot.errors.GatewayError` and becomes problem+json here, once.
+Handlers are thin: the API's route table (:mod:`bot.web.routes`) authorises and decodes,
+the handler calls a service. Every error a service raises is a
+:class:`bot.errors.GatewayError` and becomes problem+json here, once.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import structlog
 from aiohttp import web
 
 from consentgate.bot.errors import GatewayError
 from consentgate.bot.gateway import Gateway
-from consentgate.bot.web import api, join_pages, links_api, pages, privacy_api, webhooks
+from consentgate.bot.web import join_pages, pages, routes, webhooks
 from consentgate.bot.web.common import GATEWAY, OPERATORS, operator_table
+from consentgate.bot.web.openapi import OPENAPI_PATH, openapi_document
 from consentgate.bot.web.problems import problem
 
 __all__ = ["GATEWAY", "create_app"]
@@ -32,6 +33,11 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=uuid.uuid4().hex[:12],
                                            method=request.method, path=request.path)
+    response = await _answer(request, handler)
+    return _harden(request, response)
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except GatewayError as exc:
@@ -42,7 +48,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status >= 400:
             code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-            return problem(exc.status, code, exc.reason)
+            answer = problem(exc.status, code, exc.reason)
+            if "Allow" in exc.headers:  # a 405 says what the resource does allow
+                answer.headers["Allow"] = exc.headers["Allow"]
+            return answer
         raise
     except UnicodeDecodeError:  # a form or query that is not UTF-8 (request.post() raises)
         return problem(400, "invalid_body", "the request is not valid UTF-8")
@@ -55,12 +64,18 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                        "please retry")
 
 
-_OPENAPI = Path(__file__).with_name("openapi.json")
-
-
-async def openapi_document(_request: web.Request) -> web.Response:
-    """The API's OpenAPI 3.1 document (the same as docs/openapi.yaml); no token needed."""
-    return web.Response(body=_OPENAPI.read_bytes(), content_type="application/json")
+def _harden(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Headers every answer of a kind carries: API answers are never cached (they hold
+    personal data and change with every call); a page is never sniffed as anything but
+    HTML."""
+    if response.prepared:
+        return response
+    if request.path.startswith("/api/") and response.content_type in (
+            "application/json", "application/problem+json"):
+        response.headers.setdefault("Cache-Control", "no-store")
+    elif response.content_type == "text/html":
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
 
 
 def create_app(gateway: Gateway) -> web.Application:
@@ -68,11 +83,9 @@ def create_app(gateway: Gateway) -> web.Application:
                           client_max_size=gateway.settings.server.max_import_bytes)
     app[GATEWAY] = gateway
     app[OPERATORS] = operator_table(gateway)
-    app.router.add_get("/api/v1/openapi.json", openapi_document)
-    api.add_routes(app)
+    app.router.add_get(OPENAPI_PATH, openapi_document)
+    routes.add_routes(app)
     webhooks.add_routes(app)
-    links_api.add_routes(app)
-    privacy_api.add_routes(app)
     pages.add_routes(app)
     join_pages.add_routes(app)
     return app

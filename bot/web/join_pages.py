@@ -17,9 +17,7 @@ from consentgate.bot.join import JoinService, LinkGone, RateLimited
 from consentgate.bot.tokens import TokenError
 from consentgate.bot.web.common import GATEWAY
 
-__all__ = ["JOIN", "add_routes", "render"]
-
-JOIN = web.AppKey("join", JoinService)
+__all__ = ["add_routes", "render"]
 
 _templates = Environment(
     loader=FileSystemLoader(str(Path(__file__).parent / "templates")),
@@ -50,7 +48,7 @@ def _page(template: str, status: int = 200, headers: dict[str, str] | None = Non
 
 
 def _service(request: web.Request) -> JoinService:
-    return request.app[JOIN]
+    return request.app[GATEWAY].joins
 
 
 def _ip(request: web.Request) -> str:
@@ -108,9 +106,6 @@ async def confirm(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    gw = app[GATEWAY]
-    app[JOIN] = JoinService(gw.db, gw.ledger, gw.links, gw.tokens, gw.campaigns,
-                            gw.settings.server.public_url, wake=gw.dispatcher.wake)
     app.router.add_get("/join/{link}", join_page)
     app.router.add_post("/join/{link}", join_submit)
     app.router.add_get("/confirm/{token}", confirm)

@@ -343,7 +343,8 @@ async def test_subject_requests_check_their_input(gw: Harness) -> None:
         ("DELETE", "/api/v1/subjects/sms/12", None, "invalid_address"),
         ("PATCH", f"/api/v1/subjects/sms/{NUMBER}", {"restricted": "yes"},
          "invalid_restricted"),
-        ("PATCH", f"/api/v1/subjects/sms/{NUMBER}", {"name": "x"}, "invalid_body"),
+        ("PATCH", f"/api/v1/subjects/sms/{NUMBER}", {"name": "x"}, "unknown_field"),
+        ("PATCH", f"/api/v1/subjects/sms/{NUMBER}", {}, "invalid_body"),
         ("PATCH", f"/api/v1/subjects/sms/{NUMBER}", {"address": "nope"}, "invalid_address"),
     ):
         status, answer = await gw.api(method, path, body)
