@@ -104,6 +104,7 @@ class SmsSettings:
     api_base_url: str = "https://api.twilio.com"
     rate_per_second: float = 10.0
     opt_out_instruction: str = "Reply STOP to opt out"
+    consent_text: str | None = None  # overrides the campaign's consent_text for SMS
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,7 @@ class EmailSettings:
     dkim_domain: str | None = None
     dkim_private_key_file: str | None = None
     inbound: InboundEmailSettings | None = None
+    consent_text: str | None = None  # overrides the campaign's consent_text for email
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ class TelegramSettings:
     rate_per_second: float = 25.0
     bot_username: str | None = None
     polling: bool = False  # getUpdates instead of a webhook (no public URL needed)
+    consent_text: str | None = None  # overrides the campaign's consent_text for Telegram
 
 
 @dataclass(frozen=True)
@@ -155,9 +158,21 @@ class CampaignSettings:
     email: EmailSettings | None = None
     telegram: TelegramSettings | None = None
     join_keywords: tuple[tuple[str, str], ...] = ()  # (keyword, link id) e.g. ("HALL", "...")
+    # Who holds the data and where the privacy notice is (UK GDPR Article 13): shown wherever
+    # a person is asked or reminded. A campaign needs a privacy notice before any join link.
+    privacy_notice_url: str | None = None
+    controller: str | None = None
 
     def channels(self) -> tuple[str, ...]:
         return tuple(c for c in ("sms", "email", "telegram") if getattr(self, c) is not None)
+
+    def consent_text_for(self, channel: str) -> str:
+        """The words a person agrees to on ``channel``: the channel's own ``consent_text``
+        where it has one, else the campaign's."""
+        settings: SmsSettings | EmailSettings | TelegramSettings | None = {
+            "sms": self.sms, "email": self.email, "telegram": self.telegram}.get(channel)
+        own = settings.consent_text if settings is not None else None
+        return own or self.consent_text
 
 
 @dataclass(frozen=True)
@@ -201,6 +216,8 @@ _CAMPAIGN_KEYS = (
     "email",
     "telegram",
     "join_keywords",
+    "privacy_notice_url",
+    "controller",
 )
 _OPERATOR_KEYS = ("name", "token", "role")
 _SMS_KEYS = (
@@ -212,6 +229,7 @@ _SMS_KEYS = (
     "api_base_url",
     "rate_per_second",
     "opt_out_instruction",
+    "consent_text",
 )
 _EMAIL_KEYS = (
     "provider",
@@ -228,6 +246,7 @@ _EMAIL_KEYS = (
     "dkim_domain",
     "dkim_private_key_file",
     "inbound",
+    "consent_text",
 )
 _INBOUND_KEYS = ("host", "port", "domain")
 _TELEGRAM_KEYS = (
@@ -239,6 +258,7 @@ _TELEGRAM_KEYS = (
     "rate_per_second",
     "bot_username",
     "polling",
+    "consent_text",
 )
 
 SMS_PROVIDERS = ("twilio", "log")
@@ -561,8 +581,10 @@ def _parse_sms(raw: object, path: str) -> SmsSettings:
     provider = t.choice("provider", SMS_PROVIDERS)
     rate = t.positive_number_or("rate_per_second", d.rate_per_second)
     instruction = t.str_or("opt_out_instruction", d.opt_out_instruction)
+    consent_text = t.opt_str("consent_text")
     if provider == "log":
-        return SmsSettings(provider=provider, rate_per_second=rate, opt_out_instruction=instruction)
+        return SmsSettings(provider=provider, rate_per_second=rate, opt_out_instruction=instruction,
+                           consent_text=consent_text)
     from_number = t.opt_str("from_number")
     service_sid = t.opt_str("messaging_service_sid")
     if (from_number is None) == (service_sid is None):
@@ -580,6 +602,7 @@ def _parse_sms(raw: object, path: str) -> SmsSettings:
         api_base_url=t.http_url_or("api_base_url", d.api_base_url, strip_slash=True),
         rate_per_second=rate,
         opt_out_instruction=instruction,
+        consent_text=consent_text,
     )
 
 
@@ -631,9 +654,11 @@ def _parse_email(raw: object, path: str) -> EmailSettings:
     if t.has("inbound"):
         inbound = _parse_inbound(t.data["inbound"], t.key("inbound"))
     rate = t.positive_number_or("rate_per_second", d.rate_per_second)
+    consent_text = t.opt_str("consent_text")
     if provider == "log":
         return EmailSettings(
-            provider=provider, from_address=from_address, rate_per_second=rate, inbound=inbound
+            provider=provider, from_address=from_address, rate_per_second=rate, inbound=inbound,
+            consent_text=consent_text,
         )
     use_tls = t.opt_bool("use_tls")
     starttls = t.opt_bool("starttls")
@@ -669,6 +694,7 @@ def _parse_email(raw: object, path: str) -> EmailSettings:
         dkim_domain=dkim["dkim_domain"],
         dkim_private_key_file=dkim["dkim_private_key_file"],
         inbound=inbound,
+        consent_text=consent_text,
     )
 
 
@@ -692,12 +718,14 @@ def _parse_telegram(raw: object, path: str) -> TelegramSettings:
             )
     rate = t.positive_number_or("rate_per_second", d.rate_per_second)
     polling = bool(t.opt_bool("polling"))
+    consent_text = t.opt_str("consent_text")
     if provider == "log":
         return TelegramSettings(
             provider=provider,
             own_chats=tuple(own_chats),
             rate_per_second=rate,
             bot_username=bot_username,
+            consent_text=consent_text,
         )
     # Polling needs no webhook, so no secret; a webhook always does.
     secret = t.opt_str("webhook_secret") if polling else t.req_str("webhook_secret")
@@ -713,6 +741,7 @@ def _parse_telegram(raw: object, path: str) -> TelegramSettings:
         rate_per_second=rate,
         bot_username=bot_username,
         polling=polling,
+        consent_text=consent_text,
     )
 
 
@@ -750,6 +779,9 @@ def _parse_campaign(
         raise ConfigError(t.key("slug"), f"{_show(slug)} is already used by {slugs[slug]}")
     slugs[slug] = path
     region = t.str_or("default_region", "GB").upper()
+    privacy_notice_url = t.opt_str("privacy_notice_url")
+    if privacy_notice_url is not None:
+        _check_http_url(t.key("privacy_notice_url"), privacy_notice_url)
     if region not in phonenumbers.SUPPORTED_REGIONS:
         raise ConfigError(t.key("default_region"), f"unknown phone number region {_show(region)}")
     return CampaignSettings(
@@ -769,6 +801,8 @@ def _parse_campaign(
             if t.has("join_keywords")
             else ()
         ),
+        privacy_notice_url=privacy_notice_url,
+        controller=t.opt_str("controller"),
     )
 
 

@@ -76,6 +76,8 @@ slug = "{JANE}"
 name = "Jane Doe for President"
 imprint = "Promoted by Jane Doe, 1 Example Road, London"
 consent_text = "Yes, send me updates about Jane's campaign. Reply STOP at any time."
+privacy_notice_url = "https://jane.example.org/privacy"
+controller = "Jane Doe campaign, 1 Example Road, London, privacy@jane.example.org"
 operators = [
   {joined},
 ]
@@ -102,6 +104,8 @@ slug = "{BOB}"
 name = "Bob Roe for Treasurer"
 imprint = "Promoted by Bob Roe, 2 Example Road, Leeds"
 consent_text = "Yes, send me Bob's campaign news."
+privacy_notice_url = "https://bob.example.org/privacy"
+controller = "Bob Roe campaign, 2 Example Road, Leeds, data@bob.example.org"
 operators = [ {{ name = "Bob Roe", token = "{BOB_TOKEN}", role = "organiser" }} ]
 
 [campaigns.sms]

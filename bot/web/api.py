@@ -45,8 +45,8 @@ async def post_consent(request: web.Request) -> web.Response:
         raise InvalidInput("invalid_method", "method must be a string")
     if not isinstance(source, str) or not isinstance(evidence, str):
         raise InvalidInput("missing_evidence", "source and evidence must be strings")
-    ev = Evidence(method, source, evidence, consent_text_version(op.campaign.consent_text),
-                  op.name)
+    ev = Evidence(method, source, evidence,
+                  consent_text_version(op.campaign.consent_text_for(channel)), op.name)
     async with gw.db.write() as conn:
         status = await gw.ledger.record_consent(conn, op.campaign.slug, channel, address, ev,
                                                 by_recipient=False)

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from consentgate.bot.errors import InvalidInput
-from consentgate.bot.links import Link, LinkService, qr_png, qr_svg
+from consentgate.bot.links import POSTER_SIZES, Link, LinkService, qr_png, qr_svg
 from consentgate.bot.messages import iso
 from consentgate.bot.web.common import channel_of, gateway, operator, read_json
 
@@ -82,19 +82,20 @@ async def get_link_qr_png(request: web.Request) -> web.Response:
 
 
 async def get_link_poster(request: web.Request) -> web.Response:
-    """A printable poster (``?size=A4`` or ``A5``): campaign, QR code, short URL, link
-    name and imprint."""
+    """A printable poster (``?size=A4``, ``A5`` or ``A6``): campaign, what people get, the
+    QR code scaled to the page, the short link written out, the controller, the privacy
+    notice and the imprint. The link's own name is for the team, not printed."""
     from consentgate.bot.web.join_pages import render
 
     op = operator(request)
     gw = gateway(request)
     link = await gw.links.get(op.campaign.slug, request.match_info["id"])
-    size = request.query.get("size", "A4").upper()
-    if size not in ("A4", "A5"):
-        raise InvalidInput("invalid_size", "size must be A4 or A5")
+    size = POSTER_SIZES.get(request.query.get("size", "A4").upper())
+    if size is None:
+        raise InvalidInput("invalid_size", "size must be one of " + ", ".join(POSTER_SIZES))
     short = link.url.split("://", 1)[-1]
     html = render("poster.html", link=link, campaign=op.campaign, url=link.url,
-                  short_url=short, size=size, qr=qr_svg(link.url, scale=10))
+                  short_url=short, size=size, qr=qr_svg(link.url))
     return web.Response(text=html, content_type="text/html")
 
 

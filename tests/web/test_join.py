@@ -179,7 +179,19 @@ async def test_email_double_opt_in_mails_a_confirmation_link_that_subscribes_onc
     assert url is not None
     assert await joins(mail, link["id"]) == 0
 
-    async with mail.session.get(url.group(0).replace(PUBLIC_URL, mail.url)) as r:
+    # Opening the link (a person, or a mail scanner fetching it) shows one button and
+    # changes nothing.
+    confirm_url = url.group(0).replace(PUBLIC_URL, mail.url)
+    for _ in range(2):
+        async with mail.session.get(confirm_url) as r:
+            assert r.status == 200
+            html = await r.text()
+        assert "Confirm your sign-up" in html and '<form method="post">' in html
+        assert "n***@example.com" in html and "Yes, confirm</button>" in html
+    assert await status_of(mail, "email", EMAIL) == ("pending", False)
+    assert await joins(mail, link["id"]) == 0
+
+    async with mail.session.post(confirm_url, data={"confirm": "yes"}) as r:
         assert r.status == 200
         assert "You are subscribed" in await r.text()
     assert await status_of(mail, "email", EMAIL) == ("subscribed", True)
@@ -190,8 +202,11 @@ async def test_email_double_opt_in_mails_a_confirmation_link_that_subscribes_onc
     assert history[1]["consent_text_version"] == pending["consent_text_version"]
     assert await joins(mail, link["id"]) == 1
 
-    # Following it again (a mail client re-opening it) changes nothing, counts nothing.
-    async with mail.session.get(url.group(0).replace(PUBLIC_URL, mail.url)) as r:
+    # Following it again (a mail client re-opening it, the button pressed twice) changes
+    # nothing, counts nothing.
+    async with mail.session.get(confirm_url) as r:
+        assert r.status == 200 and "already subscribed" in await r.text()
+    async with mail.session.post(confirm_url) as r:
         assert r.status == 200 and "already subscribed" in await r.text()
     assert await joins(mail, link["id"]) == 1
     assert len((await subject(mail, "email", EMAIL))["consent_history"]) == 2
@@ -210,6 +225,8 @@ async def test_a_changed_or_made_up_confirmation_token_is_404_and_changes_nothin
     for bad in (token[:-2] + ("AA" if not token.endswith("AA") else "BB"), "made-up"):
         async with mail.session.get(f"{mail.url}/confirm/{bad}") as r:
             assert r.status == 404 and "does not work" in await r.text()
+        async with mail.session.post(f"{mail.url}/confirm/{bad}") as r:
+            assert r.status == 404 and "does not work" in await r.text()
     assert await status_of(mail, "email", EMAIL) == ("pending", False)
 
 
@@ -227,6 +244,8 @@ async def test_an_opt_out_after_joining_outranks_the_confirmation_link(
     assert code == 201
     async with mail.session.get(f"{mail.url}/confirm/{match.group(1)}") as r:
         assert r.status == 404
+    async with mail.session.post(f"{mail.url}/confirm/{match.group(1)}") as r:
+        assert r.status == 404
     assert (await status_of(mail, "email", EMAIL))[0] == "opted_out"
     assert await joins(mail, link["id"]) == 0
 
@@ -243,7 +262,8 @@ async def test_sms_double_opt_in_texts_reply_yes_and_yes_subscribes(gw: Harness)
     [sms] = await gw.twilio.wait_for(1)
     assert sms.to == NUMBER
     assert sms.body == ("Jane Doe for President: reply YES to confirm you want campaign "
-                        "texts. Not you? Ignore this and you will get nothing more.")
+                        "texts. Privacy notice: https://jane.example.org/privacy "
+                        "Not you? Ignore this and you will get nothing more.")
     code, refused = await gw.api("POST", "/api/v1/messages",
                                  {"channel": "sms", "to": NUMBER, "text": "Vote Jane"})
     assert (code, refused["code"]) == (403, "no_consent")
@@ -355,13 +375,14 @@ async def test_qr_codes_as_svg_and_png_and_a_printable_poster(gw: Harness) -> No
     async with gw.session.get(f"{gw.url}/api/v1/links/{link['id']}/qr.svg",
                               headers=auth) as r:
         assert r.status == 200 and "<svg" in await r.text()
-    for size in ("A4", "a5"):
+    for size in ("A4", "a5", "A6"):
         async with gw.session.get(f"{gw.url}/api/v1/links/{link['id']}/poster",
                                   params={"size": size}, headers=auth) as r:
             assert r.status == 200 and r.content_type == "text/html"
             html = await r.text()
-        assert f"size: {size.upper()} portrait" in html
-        assert "<svg" in html and "Bus stop poster" in html and IMPRINT in html
+        assert "<svg" in html and 'viewBox="0 0 ' in html and IMPRINT in html
+        # The link's name is the team's own label: in the title, never on the paper.
+        assert "Bus stop poster" not in html.split("</title>", 1)[1]
         assert f"gateway.example.org/join/{link['id']}" in html
     async with gw.session.get(f"{gw.url}/api/v1/links/{link['id']}/poster") as r:
         assert r.status == 401
