@@ -16,9 +16,17 @@ import pytest
 from sqlalchemy import select, update
 
 from consentgate.bot.join import SlidingWindow
+from consentgate.bot.web.join_pages import JOIN
 from consentgate.storage.models import links, messages
 from consentgate.testing.fakes.smtp_server import SmtpSink
-from consentgate.testing.harness import BOB_TOKEN, JANE, PUBLIC_URL, Harness, running_gateway
+from consentgate.testing.harness import (
+    BOB_TOKEN,
+    JANE,
+    JANE_TOKEN,
+    PUBLIC_URL,
+    Harness,
+    running_gateway,
+)
 from tests.web.test_email import email_gateway
 
 NUMBER = "+447911123456"
@@ -353,6 +361,113 @@ async def test_too_many_submissions_from_one_ip_get_429(gw: Harness) -> None:
     # Another campaign's operators see nothing of it.
     _, bobs = await gw.api("GET", "/api/v1/links", token=BOB_TOKEN)
     assert bobs == []
+
+
+EVIL = {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
+
+
+async def post_form(h: Harness, path: str, form: dict[str, str],
+                    headers: dict[str, str]) -> tuple[int, str, str]:
+    async with h.session.post(f"{h.url}{path}", data=form, headers=headers) as r:
+        return r.status, r.content_type, await r.text()
+
+
+async def test_a_cross_site_join_post_is_403_and_changes_nothing(gw: Harness) -> None:
+    link = await new_link(gw, "sms")
+    form = {"address": NUMBER, "consent": "yes"}
+    for headers in (EVIL, {"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
+                    {"Sec-Fetch-Site": "same-site", "Origin": "https://www.example.org"}):
+        status, kind, body = await post_form(gw, f"/join/{link['id']}", form, headers)
+        assert (status, kind) == (403, "application/problem+json"), headers
+        assert json.loads(body)["code"] == "cross_site_request"
+    assert await status_of(gw, "sms", NUMBER) == ("unknown", False)
+    assert await confirm_messages(gw, "sms") == []
+
+    # Its own page (what a browser says of it), the public address, an old browser or
+    # curl (no header), and "Origin: null" (a page with Referrer-Policy: no-referrer).
+    for i, headers in enumerate(({"Origin": gw.url, "Sec-Fetch-Site": "same-origin"},
+                                 {"Origin": PUBLIC_URL}, {}, {"Origin": "null"})):
+        address = f"+4479111234{60 + i}"
+        status, _, body = await post_form(gw, f"/join/{link['id']}",
+                                          {"address": address, "consent": "yes"}, headers)
+        assert status == 200 and "Check your phone" in body, headers
+        assert (await status_of(gw, "sms", address))[0] == "pending"
+
+
+async def test_a_cross_site_confirmation_is_403_and_leaves_it_pending(
+        mail: Harness, sink: SmtpSink) -> None:
+    link = await new_link(mail, "email")
+    await submit(mail, link["id"], EMAIL)
+    [received] = await sink.wait_for(1)
+    body = received.message.get_body(("plain",))
+    assert body is not None
+    match = re.search(r"/confirm/(\S+)", body.get_content())
+    assert match is not None
+    path = f"/confirm/{match.group(1)}"
+    status, kind, answer = await post_form(mail, path, {"confirm": "yes"}, EVIL)
+    assert (status, json.loads(answer)["code"]) == (403, "cross_site_request")
+    assert await status_of(mail, "email", EMAIL) == ("pending", False)
+    status, _, answer = await post_form(mail, path, {"confirm": "yes"},
+                                        {"Origin": mail.url, "Sec-Fetch-Site": "same-origin"})
+    assert status == 200 and "You are subscribed" in answer
+    assert await status_of(mail, "email", EMAIL) == ("subscribed", True)
+
+
+async def test_one_link_and_the_whole_form_each_have_a_limit(gw: Harness) -> None:
+    assert gw.app is not None
+    service = gw.app[JOIN]
+    service.by_ip = SlidingWindow(1000, 3600)  # a venue's Wi-Fi: one address for everyone
+    service.by_link = SlidingWindow(3, 3600)
+    poster, leaflet = await new_link(gw, "sms", "Poster"), await new_link(gw, "sms", "Leaflet")
+    answers = [(await submit(gw, poster["id"], f"+4479111234{i:02d}"))[0] for i in range(4)]
+    assert answers == [200, 200, 200, 429]
+    assert await status_of(gw, "sms", "+447911123403") == ("unknown", False)
+    assert (await submit(gw, leaflet["id"], "+447911123410"))[0] == 200  # its own count
+
+    service.overall = SlidingWindow(2, 3600)
+    answers = [(await submit(gw, leaflet["id"], f"+4479111234{i}"))[0] for i in (11, 12, 13)]
+    assert answers == [200, 200, 429]
+    assert await status_of(gw, "sms", "+447911123413") == ("unknown", False)
+
+
+def _campaign(slug: str, token: str) -> str:
+    return f"""
+[[campaigns]]
+slug = "{slug}"
+name = "Campaign {slug}"
+imprint = "Promoted by {slug}"
+consent_text = "Yes, send me {slug} news."
+privacy_notice_url = "https://{slug}.example.org/privacy"
+operators = [ {{ name = "Organiser", token = "{token}", role = "organiser" }} ]
+[campaigns.sms]
+provider = "log"
+"""
+
+
+async def test_an_address_gets_at_most_three_confirmations_a_day_whatever_the_source(
+        sqlite_url: str) -> None:
+    more = _campaign("carol", "carol-organiser-token-01") + _campaign("dan",
+                                                                      "dan-organiser-token-0001")
+    async with running_gateway(sqlite_url, extra_config=more) as h:
+        assert h.app is not None
+        h.app[JOIN].by_ip = SlidingWindow(1000, 3600)
+        h.app[JOIN].by_address = SlidingWindow(1000, 3600)
+        found = []
+        for token in (JANE_TOKEN, BOB_TOKEN, "carol-organiser-token-01",
+                      "dan-organiser-token-0001"):
+            code, link = await h.api("POST", "/api/v1/links",
+                                     {"channel": "sms", "name": "Poster"}, token=token)
+            assert code == 201, link
+            found.append(link["id"])
+        # 12 addresses, each submitted 7 times over the four campaigns' pages.
+        addresses = [f"+4479111235{i:02d}" for i in range(12)]
+        for address in addresses:
+            for attempt in range(7):
+                code, _ = await submit(h, found[attempt % 4], address)
+                assert code == 200
+        sent = await confirm_messages(h, "sms")
+        per_address = {a: sum(1 for m in sent if m.address == a) for a in addresses}
+        assert per_address == {a: 3 for a in addresses}  # not 7, not 4
 
 
 def test_the_per_address_window_forgets_after_the_window() -> None:
