@@ -1,9 +1,10 @@
 """The public join page's service: a person signs themselves up, then confirms (double opt-in).
 
-- The page (``GET /join/{link}``) shows the campaign's name, imprint and current consent
-  text, and the one channel the link is for. A Telegram link shows a button that starts the
-  campaign's bot naming the link (the bot's consent buttons do the rest, see
-  :mod:`bot.telegram`).
+- The page (``GET /join/{link}``) shows the campaign's name, imprint, the current consent
+  text of the one channel the link is for, and who holds the data and where the privacy
+  notice is (UK GDPR Article 13: people are told when they are asked). A Telegram link
+  shows a button that starts the campaign's bot naming the link (the bot's consent buttons
+  do the rest, see :mod:`bot.telegram`).
 - Submitting it records a *pending* consent (method ``web_form``, the consent text version
   shown, IP, user agent and time as evidence) and queues one confirmation message (kind
   ``confirm``) in the same transaction. The gate lets a ``confirm`` message reach only a

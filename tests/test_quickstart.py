@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from consentgate.bot.cli import public_url_problem
-from consentgate.bot.config import ServerSettings
+from consentgate.bot.cli import consent_text_problems, public_url_problem
+from consentgate.bot.config import ServerSettings, parse_config
 from consentgate.testing.harness import Harness
 from tests.procs import Launcher, eventually, free_port
 
@@ -131,3 +131,16 @@ def test_public_url_problem(public_url: str, port: int, warns: bool) -> None:
 async def test_the_outbox_page_is_404_when_messages_are_really_sent(gw: Harness) -> None:
     async with gw.session.get(f"{gw.url}/dev/outbox") as r:
         assert r.status == 404 and r.content_type == "application/problem+json"
+
+
+def test_an_email_consent_text_that_says_reply_stop_is_warned_about() -> None:
+    from consentgate.testing.harness import config_text
+
+    base = config_text("sqlite+aiosqlite:///x.db", "http://127.0.0.1:1", bob=False)
+    # Jane's campaign text says "Reply STOP" and her email channel has no text of its own.
+    [problem] = consent_text_problems(parse_config(base, environ={}))
+    assert problem.startswith("campaigns[0]:") and "unsubscrib" in problem
+    own = config_text("sqlite+aiosqlite:///x.db", "http://127.0.0.1:1", bob=False,
+                      jane_email='provider = "log"\nconsent_text = "Yes, email me. '
+                                 'Unsubscribe at any time."')
+    assert consent_text_problems(parse_config(own, environ={})) == []
