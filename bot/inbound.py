@@ -56,7 +56,9 @@ def reply_texts(settings: CampaignSettings) -> dict[str, str]:
         Intent.OPT_OUT_ALL: "You have been unsubscribed from every campaign on this number "
                             "and will get no more messages. Reply START to resubscribe.",
         Intent.OPT_IN: f"You are subscribed to updates from {settings.name}. "
-                       "Reply STOP to opt out, HELP for help.",
+                       + (f"Privacy notice: {settings.privacy_notice_url} "
+                          if settings.privacy_notice_url else "")
+                       + "Reply STOP to opt out, HELP for help.",
         Intent.HELP: help_text(settings),
     }
 

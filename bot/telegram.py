@@ -114,7 +114,9 @@ def consent_buttons(kind: str, subject: str | None) -> tuple[tuple[str, str], ..
 
 
 def _subscribed_text(settings: CampaignSettings) -> str:
-    return (f"Thank you: you are subscribed to updates from {settings.name}. "
+    privacy = (f" Privacy notice: {settings.privacy_notice_url}"
+               if settings.privacy_notice_url else "")
+    return (f"Thank you: you are subscribed to updates from {settings.name}.{privacy} "
             "Send /stop at any time to opt out.")
 
 

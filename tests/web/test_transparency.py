@@ -13,7 +13,7 @@ import pytest
 
 from consentgate.bot.config import ConfigError, parse_config
 from consentgate.testing.fakes.smtp_server import SmtpSink
-from consentgate.testing.fakes.telegram_api import FakeTelegram, message_update
+from consentgate.testing.fakes.telegram_api import FakeTelegram, callback_update, message_update
 from consentgate.testing.harness import (
     PUBLIC_URL,
     TELEGRAM_SECRET,
@@ -178,6 +178,9 @@ async def test_the_sms_help_reply_names_the_controller_and_the_privacy_notice(
     code, twiml = await gw.sms_in(NUMBER, "HELP")
     assert code == 200
     assert CONTROLLER in twiml and PRIVACY in twiml and "STOP" in twiml
+    # The confirmation of a subscription links the notice too.
+    code, twiml = await gw.sms_in(NUMBER, "START")
+    assert code == 200 and "You are subscribed" in twiml and PRIVACY in twiml
 
 
 async def test_the_telegram_consent_prompt_shows_its_own_text_the_controller_and_notice(
@@ -190,5 +193,16 @@ async def test_the_telegram_consent_prompt_shows_its_own_text_the_controller_and
                                            TELEGRAM_SECRET}) as r:
             assert r.status == 200
         [prompt] = await fake.wait_for(1)
+        assert prompt.reply_markup is not None
+        yes = prompt.reply_markup["inline_keyboard"][0][0]["callback_data"]
+        assert yes.startswith("consent:yes")
+        async with h.session.post(f"{h.url}/webhooks/telegram/jane-2026",
+                                  json=callback_update(2, 4242, yes,
+                                                       message_id=prompt.message_id),
+                                  headers={"X-Telegram-Bot-Api-Secret-Token":
+                                           TELEGRAM_SECRET}) as r:
+            assert r.status == 200
+        _, subscribed = await fake.wait_for(2)
     assert TELEGRAM_TEXT in prompt.text and SMS_TEXT not in prompt.text
     assert CONTROLLER in prompt.text and PRIVACY in prompt.text
+    assert "subscribed" in subscribed.text and PRIVACY in subscribed.text
