@@ -152,11 +152,13 @@ class PosterSize:
     small_pt: float
 
 
-#: ``?size=`` of the poster: ISO A4, A5 and A6, portrait.
+#: ``?size=`` of the poster: ISO A4, A5 and A6, and a pocket card (55 x 85 mm, the size of
+#: a business card stood upright), all portrait.
 POSTER_SIZES: dict[str, PosterSize] = {
     "A4": PosterSize("A4", 210, 297, 15, 140, 32, 18, 13, 16, 9),
     "A5": PosterSize("A5", 148, 210, 10, 100, 23, 14, 10, 12, 7.5),
     "A6": PosterSize("A6", 105, 148, 7, 64, 15, 10, 7.5, 8.5, 5.5),
+    "CARD": PosterSize("CARD", 55, 85, 4, 41, 10, 7, 5.5, 5.5, 4.5),
 }
 
 

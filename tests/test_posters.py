@@ -140,6 +140,12 @@ async def test_every_poster_size_prints_a_whole_centred_qr_code_that_scans(
                 assert link["url"].split("://", 1)[1] in text
                 assert "Promoted by Jane Doe" in text
                 assert "Ward 3 (internal)" not in text
+                # Everything fits the sheet: nothing is cut off at its foot.
+                await page.emulate_media(media="print")
+                overflow = await page.evaluate(
+                    "() => { const s = document.querySelector('.sheet');"
+                    " return s.scrollHeight - s.clientHeight; }")
+                assert overflow <= 0, (size, overflow)
                 await page.pdf(path=str(tmp_path / f"{size}.pdf"), prefer_css_page_size=True,
                                print_background=True)
         finally:

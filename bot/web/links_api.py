@@ -82,7 +82,7 @@ async def get_link_qr_png(request: web.Request) -> web.Response:
 
 
 async def get_link_poster(request: web.Request) -> web.Response:
-    """A printable poster (``?size=A4``, ``A5`` or ``A6``): campaign, what people get, the
+    """A printable poster (``?size=A4``, ``A5``, ``A6`` or ``card``): campaign, what people get, the
     QR code scaled to the page, the short link written out, the controller, the privacy
     notice and the imprint. The link's own name is for the team, not printed."""
     from consentgate.bot.web.join_pages import render
