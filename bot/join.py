@@ -283,6 +283,9 @@ class JoinService:
             "ip": ip, "user_agent": user_agent[:_MAX_USER_AGENT], "at": _iso(now),
             "consent_text_version": page.consent_text_version, "link_id": link.id,
             "page": self.links.join_page_url(link.id),
+            # What the page said about who holds the data (UK GDPR Article 13).
+            "controller": settings.controller,
+            "privacy_notice_url": settings.privacy_notice_url,
         }, sort_keys=True)
         ev = Evidence("web_form", f"join link {link.name}", evidence,
                       page.consent_text_version, "recipient")

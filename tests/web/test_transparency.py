@@ -5,6 +5,7 @@ the signed Twilio webhook and the Telegram fake."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -127,6 +128,11 @@ async def test_join_pages_name_the_controller_link_the_privacy_notice_and_speak_
                                  data={"address": EMAIL, "consent": "yes"}) as r:
         assert r.status == 200
         assert_transparent(await r.text())
+    # And the evidence of the pending consent records what the page told them.
+    code, record = await mail.api("GET", f"/api/v1/subjects/email/{EMAIL}")
+    assert code == 200, record
+    evidence = json.loads(record["consent_history"][0]["evidence"])
+    assert (evidence["controller"], evidence["privacy_notice_url"]) == (CONTROLLER, PRIVACY)
 
 
 async def test_the_email_confirmation_its_page_footers_and_unsubscribe_page_name_them(
