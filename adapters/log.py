@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections import deque
 
 import structlog
 
@@ -17,6 +18,8 @@ __all__ = ["LogChannel"]
 
 _log = structlog.get_logger("consentgate.provider.log")
 _counter = itertools.count(1)
+#: How many of the latest messages a LogChannel keeps for :attr:`LogChannel.sent`.
+SENT_KEPT = 100
 
 
 class LogChannel:
@@ -28,7 +31,9 @@ class LogChannel:
         self.channel = channel
         self.rate_per_second = rate_per_second
         self.sender_key = f"log:{sender}:{channel}"
-        self.sent: list[OutboundMessage] = []  # what a demo or test can inspect in-process
+        # The latest messages, for a demo or a test to inspect in-process (the gateway's
+        # /dev/outbox page shows them); bounded, so a long run does not grow without end.
+        self.sent: deque[OutboundMessage] = deque(maxlen=SENT_KEPT)
 
     async def send(self, message: OutboundMessage, permit: Permit) -> SendResult:
         permit.check(message)

@@ -10,13 +10,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from consentgate.bot.config import CampaignSettings, ConfigError, Settings, load_config
+from consentgate.bot.config import (
+    CampaignSettings,
+    ConfigError,
+    ServerSettings,
+    Settings,
+    load_config,
+)
 
 __all__ = ["main"]
 
@@ -58,6 +66,41 @@ def _actor(campaign: CampaignSettings, name: str | None, change: bool = True) ->
     raise SystemExit(_fail(f"{name!r} is not an operator of {campaign.slug}", 2))
 
 
+_SAYS_STOP = re.compile(r"\bSTOP\b", re.IGNORECASE)
+
+
+def public_url_problem(server: ServerSettings) -> str | None:
+    """Why ``public_url`` leads nowhere, when it names this machine (a loopback host) but not
+    the port the server listens on, or HTTPS that the server does not speak; else None.
+    Every join link, QR code, confirmation and unsubscribe link is built on it."""
+    parts = urlsplit(server.public_url)
+    host = (parts.hostname or "").lower()
+    if host not in ("localhost", "::1") and not host.startswith("127."):
+        return None  # another host: a proxy or a tunnel in front, which we cannot check
+    if parts.scheme == "https":
+        return (f"public_url {server.public_url} is HTTPS on this machine, but the server "
+                f"speaks plain HTTP on port {server.port}: links and QR codes would lead "
+                "nowhere")
+    port = parts.port or 80
+    if port != server.port:
+        return (f"public_url {server.public_url} points at port {port} on this machine, but "
+                f"the server listens on port {server.port}: links and QR codes would lead "
+                "nowhere (set server.public_url to match)")
+    return None
+
+
+def consent_text_problems(settings: Settings) -> list[str]:
+    """Email consent texts that speak of replying STOP (often the campaign's text, used for
+    email when the email channel has none of its own): email readers unsubscribe."""
+    found = []
+    for index, c in enumerate(settings.campaigns):
+        if c.email is not None and _SAYS_STOP.search(c.consent_text_for("email")):
+            found.append(f"campaigns[{index}]: the consent text shown for email speaks of "
+                         "replying STOP; set [campaigns.email] consent_text to words that "
+                         "speak of unsubscribing")
+    return found
+
+
 async def _serve(settings: Settings, with_web: bool) -> int:
     import structlog
     from aiohttp import web
@@ -95,6 +138,11 @@ async def _serve(settings: Settings, with_web: bool) -> int:
     log.info("consentgate.started", web=with_web, host=settings.server.host,
              port=settings.server.port, campaigns=[c.slug for c in settings.campaigns],
              worker=gateway.dispatcher.worker_id)
+    problem = public_url_problem(settings.server) if with_web else None
+    if problem is not None:
+        log.warning("consentgate.public_url_unreachable", detail=problem)
+    for text_problem in consent_text_problems(settings):
+        log.warning("consentgate.email_consent_text", detail=text_problem)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -171,10 +171,14 @@ class Gateway:
                               updated_at=now)
                 await conn.execute(upsert(conn, campaigns_table, ("slug",), values,
                                           {k: v for k, v in values.items() if k != "slug"}))
-                await conn.execute(insert_ignore(
-                    conn, consent_texts, ("campaign", "version"),
-                    dict(campaign=c.slug, version=version, text=c.consent_text,
-                         first_used_at=now)))
+                # Every wording a person may be shown (a channel's own consent_text too), so
+                # each version in the evidence can be read back.
+                for text in dict.fromkeys(c.consent_text_for(ch) for ch in
+                                          ("sms", "email", "telegram")):
+                    await conn.execute(insert_ignore(
+                        conn, consent_texts, ("campaign", "version"),
+                        dict(campaign=c.slug, version=consent_text_version(text), text=text,
+                             first_used_at=now)))
                 if row is None or row.consent_text_version != version:
                     from consentgate.bot import audit
 

@@ -169,7 +169,7 @@ async def import_consents(db: Database, ledger: Ledger, campaign: CampaignSettin
                           actor: str, data: bytes) -> ImportReport:
     digest, rows = _rows(data, CONSENT_HEADER)
     report = ImportReport()
-    version = consent_text_version(campaign.consent_text)
+    versions = {ch: consent_text_version(campaign.consent_text_for(ch)) for ch in CHANNELS}
     enabled = set(campaign.channels())
     seen: set[tuple[str, str]] = set()
     good: list[tuple[int, str, str, dict[str, str]]] = []
@@ -223,7 +223,7 @@ async def import_consents(db: Database, ledger: Ledger, campaign: CampaignSettin
                 events.append(dict(campaign=campaign.slug, channel=channel, address=address,
                                    address_hash=ahash, at=now, event="subscribed",
                                    method=row["method"], source=row["source"],
-                                   evidence=row["evidence"], consent_text_version=version,
+                                   evidence=row["evidence"], consent_text_version=versions[channel],
                                    actor=actor, link_id=None))
             if subs:
                 await _execute_many(conn, _bulk(conn, subs), subs)

@@ -56,9 +56,23 @@ def reply_texts(settings: CampaignSettings) -> dict[str, str]:
         Intent.OPT_OUT_ALL: "You have been unsubscribed from every campaign on this number "
                             "and will get no more messages. Reply START to resubscribe.",
         Intent.OPT_IN: f"You are subscribed to updates from {settings.name}. "
-                       "Reply STOP to opt out, HELP for help.",
-        Intent.HELP: f"{settings.name}. {settings.imprint}. Reply STOP to opt out.",
+                       + (f"Privacy notice: {settings.privacy_notice_url} "
+                          if settings.privacy_notice_url else "")
+                       + "Reply STOP to opt out, HELP for help.",
+        Intent.HELP: help_text(settings),
     }
+
+
+def help_text(settings: CampaignSettings) -> str:
+    """The HELP / INFO answer: who is asking, who holds the data and where the privacy
+    notice is (UK GDPR Article 13), and how to opt out."""
+    parts = [f"{settings.name}. {settings.imprint}."]
+    if settings.controller:
+        parts.append(f"Your data: {settings.controller}.")
+    if settings.privacy_notice_url:
+        parts.append(f"Privacy: {settings.privacy_notice_url}")
+    parts.append("Reply STOP to opt out.")
+    return " ".join(parts)
 
 
 class InboundService:
@@ -140,7 +154,8 @@ class InboundService:
                     Evidence("keyword", f"sms keyword {keyword or ''}".strip()
                              + (f" {argument}" if argument else ""),
                              event.provider_event_id,
-                             consent_text_version(settings.consent_text), "recipient"),
+                             consent_text_version(settings.consent_text_for(event.channel)),
+                             "recipient"),
                     by_recipient=True, link_id=link_id)
                 if link_id is not None:
                     await conn.execute(update(links).where(links.c.id == link_id)

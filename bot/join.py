@@ -1,9 +1,10 @@
 """The public join page's service: a person signs themselves up, then confirms (double opt-in).
 
-- The page (``GET /join/{link}``) shows the campaign's name, imprint and current consent
-  text, and the one channel the link is for. A Telegram link shows a button that starts the
-  campaign's bot naming the link (the bot's consent buttons do the rest, see
-  :mod:`bot.telegram`).
+- The page (``GET /join/{link}``) shows the campaign's name, imprint, the current consent
+  text of the one channel the link is for, and who holds the data and where the privacy
+  notice is (UK GDPR Article 13: people are told when they are asked). A Telegram link
+  shows a button that starts the campaign's bot naming the link (the bot's consent buttons
+  do the rest, see :mod:`bot.telegram`).
 - Submitting it records a *pending* consent (method ``web_form``, the consent text version
   shown, IP, user agent and time as evidence) and queues one confirmation message (kind
   ``confirm``) in the same transaction. The gate lets a ``confirm`` message reach only a
@@ -11,11 +12,17 @@
 - Email is confirmed by following ``/confirm/{token}`` (signed, expiring); SMS by replying
   YES (the keyword opt-in of :mod:`bot.inbound`).
 
+- The confirmation link opens a page with one button (``GET`` reads only: mail security
+  scanners fetch every link, and a fetch is not a person's consent); pressing it
+  (``POST /confirm/{token}``) completes the double opt-in.
+
 Abuse: the form must not become a way to message third parties. Confirmation texts hold no
-word the submitter typed; at most one confirmation per address per day (read from the
-outbox, so it holds across processes); submissions are limited per IP and per address in
-this process's memory; a filled honeypot field is answered like a success and records
-nothing. An address that is already subscribed is left exactly as it is.
+word the submitter typed; at most one confirmation per address per campaign and channel a
+day, and at most :data:`CONFIRM_PER_ADDRESS_PER_DAY` per address whatever the campaign or
+link (both read from the outbox, so they hold across processes); submissions are limited
+per IP, per link, overall and per address in this process's memory; a filled honeypot
+field is answered like a success and records nothing. An address that is already
+subscribed is left exactly as it is. Cross-site posts are refused by the web layer.
 """
 
 from __future__ import annotations
@@ -61,6 +68,9 @@ _log = structlog.get_logger("consentgate.join")
 CONFIRM_MAX_AGE = 3 * 24 * 3600
 #: At most one confirmation message per address (campaign and channel) in this window.
 CONFIRM_INTERVAL = 24 * 3600
+#: At most this many confirmation messages to one address a day, whatever campaign or link
+#: the submissions came through.
+CONFIRM_PER_ADDRESS_PER_DAY = 3
 _MAX_USER_AGENT = 400
 
 
@@ -126,9 +136,13 @@ class JoinResult:
 
 @dataclass(frozen=True)
 class ConfirmResult:
-    outcome: Literal["confirmed", "already"]
+    """``ask``: the page with the button (nothing changed yet); ``confirmed`` now;
+    ``already`` subscribed before."""
+
+    outcome: Literal["ask", "confirmed", "already"]
     campaign: CampaignSettings
     masked_address: str
+    channel: str = "email"
 
 
 class RateLimited(GatewayError):
@@ -153,6 +167,8 @@ class JoinService:
         wake: Callable[[str, str], None] | None = None,
         per_ip: int = 10,
         per_address: int = 3,
+        per_link: int = 300,
+        overall: int = 1000,
         window: float = 3600.0,
         confirm_max_age: int = CONFIRM_MAX_AGE,
     ) -> None:
@@ -166,6 +182,10 @@ class JoinService:
         self._wake = wake
         self.by_ip = SlidingWindow(per_ip, window)
         self.by_address = SlidingWindow(per_address, window)
+        # A poster at a rally brings many people through one link, from one venue's Wi-Fi;
+        # these cap what one link, and the whole form, can make the gateway send.
+        self.by_link = SlidingWindow(per_link, window)
+        self.overall = SlidingWindow(overall, window)
 
     # -- the page ---------------------------------------------------------------------------
 
@@ -182,7 +202,8 @@ class JoinService:
         settings = self.campaigns[link.campaign]
         if not link.is_live() or link.channel not in settings.channels():
             raise LinkGone("link_gone", "this join link has been withdrawn or has expired")
-        return JoinPage(link, settings, consent_text_version(settings.consent_text),
+        return JoinPage(link, settings,
+                        consent_text_version(settings.consent_text_for(link.channel)),
                         self.links.start_url(link))
 
     # -- submitting -------------------------------------------------------------------------
@@ -195,6 +216,10 @@ class JoinService:
         link, settings = page.link, page.campaign
         if not self.by_ip.allow(ip):
             raise RateLimited("rate_limited", "too many sign-ups from this connection; "
+                                              "please try again later")
+        if not self.by_link.allow(link.id) or not self.overall.allow("all"):
+            _log.warning("join.link_limited", link=link.id)
+            raise RateLimited("rate_limited", "too many sign-ups through this page; "
                                               "please try again later")
         if honeypot.strip():
             _log.info("join.honeypot", link=link.id)
@@ -245,10 +270,22 @@ class JoinService:
         if recent:
             _log.info("join.confirmation_already_sent", link=link.id, to=mask(address))
             return False
+        # The hash is keyed by channel and address only: this counts every campaign's.
+        anywhere = (await conn.execute(
+            select(func.count()).select_from(messages).where(
+                messages.c.channel == link.channel, messages.c.address_hash == ahash,
+                messages.c.kind == "confirm",
+                messages.c.created_at > now - CONFIRM_INTERVAL))).scalar_one()
+        if anywhere >= CONFIRM_PER_ADDRESS_PER_DAY:
+            _log.info("join.address_daily_limit", link=link.id, to=mask(address))
+            return False
         evidence = json.dumps({
             "ip": ip, "user_agent": user_agent[:_MAX_USER_AGENT], "at": _iso(now),
             "consent_text_version": page.consent_text_version, "link_id": link.id,
             "page": self.links.join_page_url(link.id),
+            # What the page said about who holds the data (UK GDPR Article 13).
+            "controller": settings.controller,
+            "privacy_notice_url": settings.privacy_notice_url,
         }, sort_keys=True)
         ev = Evidence("web_form", f"join link {link.name}", evidence,
                       page.consent_text_version, "recipient")
@@ -275,25 +312,31 @@ class JoinService:
 
     def sms_text(self, settings: CampaignSettings) -> str:
         """The SMS confirmation: only the campaign's own words, never the submitter's."""
-        return (f"{settings.name}: reply YES to confirm you want campaign texts. "
+        privacy = (f" Privacy notice: {settings.privacy_notice_url}"
+                   if settings.privacy_notice_url else "")
+        return (f"{settings.name}: reply YES to confirm you want campaign texts.{privacy} "
                 "Not you? Ignore this and you will get nothing more.")
 
     def email_text(self, settings: CampaignSettings, url: str) -> tuple[str, str]:
         days = max(1, self.confirm_max_age // 86400)
         host = urlsplit(self.public_url).hostname or self.public_url
+        about = ""
+        if settings.controller:
+            about += f"Your details are held by {settings.controller}.\n"
+        if settings.privacy_notice_url:
+            about += f"Privacy notice: {settings.privacy_notice_url}\n"
         text = (f"Please confirm you want email updates from {settings.name}.\n\n"
                 f"This address was entered on the sign-up page at {host}. To confirm, open "
-                f"this link within {days} days:\n\n{url}\n\n"
+                f"this link within {days} days and press the button on the page:\n\n"
+                f"{url}\n\n"
                 "If it was not you, ignore this email: you will get nothing more from us.\n\n"
-                f"{settings.imprint}\n")
+                f"{about}{settings.imprint}\n")
         return text, f"Please confirm: updates from {settings.name}"
 
     # -- confirming -------------------------------------------------------------------------
 
-    async def confirm(self, token: str, *, ip: str, user_agent: str) -> ConfirmResult:
-        """Complete an email double opt-in. TokenError (404) for a changed, made-up or
-        expired token, or one whose request no longer stands (the address opted out or
-        was erased since)."""
+    def _read_confirm_token(self, token: str) -> tuple[TokenSubject, CampaignSettings, str,
+                                                       float, str]:
         subject = self.tokens.read("confirm", token, max_age=self.confirm_max_age)
         settings = self.campaigns.get(subject.campaign)
         try:
@@ -303,6 +346,33 @@ class JoinService:
             raise TokenError("not a valid token") from exc
         if settings is None or not isinstance(link_id, str) or not isinstance(version, str):
             raise TokenError("not a valid token")
+        return subject, settings, link_id, issued_at, version
+
+    async def preview(self, token: str) -> ConfirmResult:
+        """What ``GET /confirm/{token}`` shows: reads only (link scanners fetch it).
+        TokenError (404) as :meth:`confirm` would raise it."""
+        subject, settings, *_ = self._read_confirm_token(token)
+        async with self.db.read() as conn:
+            row = (await conn.execute(
+                select(subscriptions.c.address).where(
+                    subscriptions.c.campaign == subject.campaign,
+                    subscriptions.c.channel == subject.channel,
+                    subscriptions.c.address_hash == subject.address_hash))).first()
+            if row is None or row.address is None:
+                raise TokenError("no such request")
+            address = str(row.address)
+            state = await self.ledger.state(conn, subject.campaign, subject.channel, address)
+        if state.status is Status.SUBSCRIBED and not state.suppressed:
+            return ConfirmResult("already", settings, mask(address), subject.channel)
+        if state.status is not Status.PENDING:
+            raise TokenError("the request no longer stands")
+        return ConfirmResult("ask", settings, mask(address), subject.channel)
+
+    async def confirm(self, token: str, *, ip: str, user_agent: str) -> ConfirmResult:
+        """Complete an email double opt-in (the person pressed the button). TokenError
+        (404) for a changed, made-up or expired token, or one whose request no longer
+        stands (the address opted out or was erased since)."""
+        subject, settings, link_id, issued_at, version = self._read_confirm_token(token)
         async with self.db.write() as conn:
             row = (await conn.execute(
                 select(subscriptions.c.address).where(
@@ -314,14 +384,14 @@ class JoinService:
             address = str(row.address)
             state = await self.ledger.state(conn, subject.campaign, subject.channel, address)
             if state.status is Status.SUBSCRIBED and not state.suppressed:
-                return ConfirmResult("already", settings, mask(address))
+                return ConfirmResult("already", settings, mask(address), subject.channel)
             if state.status is not Status.PENDING:
                 raise TokenError("the request no longer stands")
             link = await self.links.find(conn, subject.campaign, link_id)
             now = time.time()
             # The words the person read on the page, as the token carries them.
             evidence = json.dumps({
-                "confirmed_by": "email link", "token_issued_at": _iso(issued_at),
+                "confirmed_by": "email link and button", "token_issued_at": _iso(issued_at),
                 "at": _iso(now), "ip": ip, "user_agent": user_agent[:_MAX_USER_AGENT],
                 "link_id": link_id, "consent_text_version": version,
             }, sort_keys=True)
@@ -333,4 +403,4 @@ class JoinService:
             if link is not None:
                 await self.links.count_join(conn, link.id)
         _log.info("join.confirmed", campaign=subject.campaign, link=link_id, to=mask(address))
-        return ConfirmResult("confirmed", settings, mask(address))
+        return ConfirmResult("confirmed", settings, mask(address), subject.channel)

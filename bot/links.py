@@ -43,8 +43,10 @@ from consentgate.storage.db import Database
 from consentgate.storage.models import links
 
 __all__ = [
+    "POSTER_SIZES",
     "Link",
     "LinkService",
+    "PosterSize",
     "ProviderRefused",
     "ProviderUnavailable",
     "qr_png",
@@ -103,19 +105,61 @@ class Link:
         return self.expires_at is None or self.expires_at > now
 
 
+#: The quiet zone around a QR code, in modules: what ISO/IEC 18004 asks for, and what
+#: phone readers need to find the code on a busy page.
+QUIET_ZONE = 4
+
+
 def qr_svg(url: str, scale: int = 4) -> str:
-    """``url`` as a QR code, a standalone SVG document (for posters and leaflets)."""
+    """``url`` as a QR code, a standalone SVG document (for posters and leaflets).
+
+    It has a ``viewBox`` (so CSS can scale it to any size without cropping it), a white
+    quiet zone of :data:`QUIET_ZONE` modules inside it (so it also reads on coloured
+    paper), and a ``width``/``height`` of ``scale`` pixels a module for where it is shown
+    at its own size."""
+    code = segno.make(url, error="m")
     buffer = io.BytesIO()
-    segno.make(url, error="m").save(buffer, kind="svg", scale=scale, xmldecl=False,
-                                     border=4)
-    return buffer.getvalue().decode()
+    code.save(buffer, kind="svg", scale=1, border=QUIET_ZONE, xmldecl=False, omitsize=True,
+              light="#fff", dark="#000")
+    size = code.symbol_size(scale=scale, border=QUIET_ZONE)[0]
+    return buffer.getvalue().decode().replace("<svg ", f'<svg width="{size}" height="{size}" ',
+                                              1)
 
 
 def qr_png(url: str, scale: int = 10) -> bytes:
     """``url`` as a QR code, a PNG image (for print tools that do not take SVG)."""
     buffer = io.BytesIO()
-    segno.make(url, error="m").save(buffer, kind="png", scale=scale, border=4)
+    segno.make(url, error="m").save(buffer, kind="png", scale=scale, border=QUIET_ZONE)
     return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class PosterSize:
+    """One printable poster format: the page, its margin and the QR code's printed width
+    (quiet zone included), in millimetres, and the type sizes in points. The code is as
+    wide as the page allows once the words fit: large enough to scan from arm's length
+    (a code reads from about ten times its width)."""
+
+    name: str
+    width_mm: int
+    height_mm: int
+    margin_mm: int
+    qr_mm: int
+    title_pt: float
+    ask_pt: float
+    body_pt: float
+    url_pt: float
+    small_pt: float
+
+
+#: ``?size=`` of the poster: ISO A4, A5 and A6, and a pocket card (55 x 85 mm, the size of
+#: a business card stood upright), all portrait.
+POSTER_SIZES: dict[str, PosterSize] = {
+    "A4": PosterSize("A4", 210, 297, 15, 140, 32, 18, 13, 16, 9),
+    "A5": PosterSize("A5", 148, 210, 10, 100, 23, 14, 10, 12, 7.5),
+    "A6": PosterSize("A6", 105, 148, 7, 64, 15, 10, 7.5, 8.5, 5.5),
+    "CARD": PosterSize("CARD", 55, 85, 4, 41, 10, 7, 5.5, 5.5, 4.5),
+}
 
 
 def _new_id() -> str:
@@ -218,6 +262,12 @@ class LinkService:
         settings = self.campaigns[campaign]
         if channel not in settings.channels():
             raise InvalidInput("channel_disabled", f"this campaign has no {channel} channel")
+        if not settings.privacy_notice_url:
+            # People are asked for their details through a link: they must be told then who
+            # holds the data and where the privacy notice is (UK GDPR Article 13).
+            raise InvalidInput("privacy_notice_missing",
+                               "this campaign has no privacy_notice_url in its configuration; "
+                               "people asked through a join link must be able to read it")
         if not name.strip():
             raise InvalidInput("invalid_name", "name must be a non-empty string")
         name = name.strip()

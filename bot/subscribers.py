@@ -39,8 +39,8 @@ class SubscriberService:
         if channel not in campaign.channels():
             raise InvalidInput("channel_disabled", f"this campaign has no {channel} channel")
         canonical = normalise_address(channel, address, campaign.default_region)
-        ev = Evidence(method, source, evidence, consent_text_version(campaign.consent_text),
-                      actor)
+        version = consent_text_version(campaign.consent_text_for(channel))
+        ev = Evidence(method, source, evidence, version, actor)
         async with self.db.write() as conn:
             status = await self.ledger.record_consent(conn, campaign.slug, channel, canonical,
                                                       ev, by_recipient=False)

@@ -89,8 +89,13 @@ def telegram_bots(adapters: Mapping[tuple[str, str], object]) -> dict[str, Teleg
 
 def consent_prompt_text(settings: CampaignSettings) -> str:
     """What a person sees before they choose: who is asking, the imprint, the exact words."""
-    return (f"{settings.name}\n{settings.imprint}\n\n{settings.consent_text}\n\n"
-            "Would you like updates here? Nothing is sent unless you press "
+    about = ""
+    if settings.controller:
+        about += f"\nYour data is held by {settings.controller}."
+    if settings.privacy_notice_url:
+        about += f"\nPrivacy notice: {settings.privacy_notice_url}"
+    return (f"{settings.name}\n{settings.imprint}\n\n{settings.consent_text_for('telegram')}\n"
+            f"{about}\n\nWould you like updates here? Nothing is sent unless you press "
             f"\"{YES_LABEL}\". You can send /stop at any time.")
 
 
@@ -109,7 +114,9 @@ def consent_buttons(kind: str, subject: str | None) -> tuple[tuple[str, str], ..
 
 
 def _subscribed_text(settings: CampaignSettings) -> str:
-    return (f"Thank you: you are subscribed to updates from {settings.name}. "
+    privacy = (f" Privacy notice: {settings.privacy_notice_url}"
+               if settings.privacy_notice_url else "")
+    return (f"Thank you: you are subscribed to updates from {settings.name}.{privacy} "
             "Send /stop at any time to opt out.")
 
 
@@ -198,7 +205,7 @@ class TelegramService:
 
     async def _queue_prompt(self, conn: AsyncConnection, settings: CampaignSettings,
                             address: str, link_id: str | None) -> int:
-        version = consent_text_version(settings.consent_text)
+        version = consent_text_version(settings.consent_text_for("telegram"))
         return await self._queue_reply(conn, settings.slug, address,
                                        consent_prompt_text(settings),
                                        _prompt_subject(link_id, version))
@@ -264,7 +271,7 @@ class TelegramService:
                 consent_texts.c.version == version))).first()
             if row is not None:
                 return version
-        return consent_text_version(settings.consent_text)
+        return consent_text_version(settings.consent_text_for("telegram"))
 
     def _in_private_chat(self, event: InboundEvent) -> bool:
         # Our prompts are sent only in the person's private chat with the bot.

@@ -76,6 +76,8 @@ slug = "{JANE}"
 name = "Jane Doe for President"
 imprint = "Promoted by Jane Doe, 1 Example Road, London"
 consent_text = "Yes, send me updates about Jane's campaign. Reply STOP at any time."
+privacy_notice_url = "https://jane.example.org/privacy"
+controller = "Jane Doe campaign, 1 Example Road, London, privacy@jane.example.org"
 operators = [
   {joined},
 ]
@@ -102,6 +104,8 @@ slug = "{BOB}"
 name = "Bob Roe for Treasurer"
 imprint = "Promoted by Bob Roe, 2 Example Road, Leeds"
 consent_text = "Yes, send me Bob's campaign news."
+privacy_notice_url = "https://bob.example.org/privacy"
+controller = "Bob Roe campaign, 2 Example Road, Leeds, data@bob.example.org"
 operators = [ {{ name = "Bob Roe", token = "{BOB_TOKEN}", role = "organiser" }} ]
 
 [campaigns.sms]
@@ -118,9 +122,10 @@ rate_per_second = {rate}
 def settings_for(db_url: str, twilio_url: str, *, rate: float = 200.0,
                  extra_policy: str = "", jane_extra: str = "",
                  telegram: FakeTelegram | None = None, telegram_extra: str = "",
-                 jane_email: str = 'provider = "log"') -> Settings:
+                 jane_email: str = 'provider = "log"', extra_config: str = "") -> Settings:
     """``jane_email``: the body of Jane's ``[campaigns.email]`` (an SMTP sink, an inbound
-    listener ...); the log provider unless told."""
+    listener ...); the log provider unless told. ``extra_config``: TOML added at the end
+    (a ``[dispatch]`` table, more campaigns)."""
     telegram_section = "" if telegram is None else f"""
 [campaigns.telegram]
 provider = "telegram"
@@ -133,7 +138,8 @@ bot_username = "jane_campaign_bot"
 """
     return parse_config(config_text(db_url, twilio_url, rate=rate, extra_policy=extra_policy,
                                     jane_extra=jane_extra, jane_email=jane_email,
-                                    telegram_section=telegram_section), environ={})
+                                    telegram_section=telegram_section, dispatch=extra_config),
+                        environ={})
 
 
 @dataclass
@@ -144,6 +150,8 @@ class Harness:
     session: aiohttp.ClientSession
     runs: list[asyncio.Task[None]] = field(default_factory=list)
     telegram: FakeTelegram | None = None
+    #: the running web application (its services, e.g. the join page's limits)
+    app: web.Application | None = None
 
     @property
     def db(self) -> Any:
@@ -228,7 +236,8 @@ async def running_gateway(db_url: str, *, rate: float = 200.0, twilio_latency: f
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         session = aiohttp.ClientSession()
-        h = Harness(gateway, f"http://127.0.0.1:{port}", twilio, session, telegram=telegram)
+        h = Harness(gateway, f"http://127.0.0.1:{port}", twilio, session, telegram=telegram,
+                    app=runner.app)
         if dispatch:
             h.runs.append(asyncio.create_task(gateway.dispatcher.run()))
         try:

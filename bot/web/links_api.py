@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from consentgate.bot.links import Link, LinkService, qr_png, qr_svg
+from consentgate.bot.links import POSTER_SIZES, Link, LinkService, qr_png, qr_svg
 from consentgate.bot.messages import iso
 from consentgate.bot.web.common import Call, json_answer
 from consentgate.bot.web.models import LinkIn, PosterQuery
@@ -79,14 +79,15 @@ async def get_link_qr_png(call: Call) -> web.Response:
 
 
 async def get_link_poster(call: Call, query: PosterQuery) -> web.Response:
-    """A printable poster (``?size=A4`` or ``A5``): campaign, QR code, short URL, link
-    name and imprint."""
+    """A printable poster (``?size=A4``, ``A5``, ``A6`` or ``card``): campaign, what people
+    get, the QR code scaled to the page, the short link written out, the controller, the
+    privacy notice and the imprint. The link's own name is for the team, not printed."""
     from consentgate.bot.web.join_pages import render
 
     link = await _link(call)
     short = link.url.split("://", 1)[-1]
     html = render("poster.html", link=link, campaign=call.op.campaign, url=link.url,
-                  short_url=short, size=query.size.upper(), qr=qr_svg(link.url, scale=10))
+                  short_url=short, size=POSTER_SIZES[query.size.upper()], qr=qr_svg(link.url))
     return web.Response(text=html, content_type="text/html")
 
 

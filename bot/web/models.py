@@ -196,7 +196,8 @@ class RepliesQuery(Query):
 
 
 class PosterQuery(Query):
-    size: Literal["A4", "A5", "a4", "a5"] = _field("invalid_size", default="A4")
+    size: Literal["A4", "A5", "A6", "card", "a4", "a5", "a6", "CARD"] = _field(
+        "invalid_size", default="A4")
 
 
 # -- answers --------------------------------------------------------------------------------

@@ -1,7 +1,16 @@
-"""Public pages and service endpoints: health, metrics, unsubscribe."""
+"""Public pages and service endpoints: health, metrics, unsubscribe, and the log
+providers' outbox.
+
+``/dev/outbox`` lets a person trying the product on the ``log`` providers (the embedded
+default) read the messages that would have been sent (confirmation links, unsubscribe
+links) without reading the database and without any token going to the log. It exists
+only for campaigns whose every channel is on the ``log`` provider: with a real provider
+the messages went to real people, and the page is 404.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +18,9 @@ from aiohttp import web
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from consentgate.adapters.base import OutboundMessage, mask
+from consentgate.adapters.log import LogChannel
+from consentgate.bot.gateway import Gateway
 from consentgate.bot.tokens import TokenError
 from consentgate.bot.web.common import gateway
 from consentgate.bot.web.problems import problem
@@ -78,8 +90,55 @@ async def unsubscribe_now(request: web.Request) -> web.Response:
     return _page("unsubscribed.html", view=view)
 
 
+_URL = re.compile(r"https?://[^\s<>\"']+")
+#: How many of the latest messages /dev/outbox shows.
+OUTBOX_SHOWN = 20
+
+
+def log_only_campaigns(gw: Gateway) -> list[str]:
+    """The campaigns whose every channel is on the ``log`` provider."""
+    return [c.slug for c in gw.settings.campaigns if c.channels() and all(
+        isinstance(gw.adapters.get((c.slug, ch)), LogChannel) for ch in c.channels())]
+
+
+def _pieces(text: str) -> list[tuple[str, bool]]:
+    """``text`` cut into (piece, is_link), so the page can make its links clickable."""
+    pieces: list[tuple[str, bool]] = []
+    at = 0
+    for found in _URL.finditer(text):
+        url = found.group(0).rstrip(".,;:)")
+        pieces.append((text[at:found.start()], False))
+        pieces.append((url, True))
+        at = found.start() + len(url)
+    pieces.append((text[at:], False))
+    return [p for p in pieces if p[0]]
+
+
+def _shown(message: OutboundMessage) -> dict[str, Any]:
+    return {"id": message.message_id, "campaign": message.campaign,
+            "channel": message.channel, "kind": message.kind, "to": mask(message.address),
+            "subject": message.subject, "pieces": _pieces(message.text)}
+
+
+async def dev_outbox(request: web.Request) -> web.Response:
+    """GET /dev/outbox: the latest messages the ``log`` providers would have sent."""
+    gw = gateway(request)
+    slugs = log_only_campaigns(gw)
+    if not slugs:
+        return problem(404, "not_found", "there is no outbox page: messages are really sent")
+    sent: list[OutboundMessage] = []
+    for slug in slugs:
+        for (campaign, _), adapter in gw.adapters.items():
+            if campaign == slug and isinstance(adapter, LogChannel):
+                sent.extend(adapter.sent)
+    sent.sort(key=lambda m: int(m.message_id) if m.message_id.isdigit() else 0, reverse=True)
+    return _page("dev_outbox.html", messages=[_shown(m) for m in sent[:OUTBOX_SHOWN]],
+                 shown=OUTBOX_SHOWN)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/u/{token}", unsubscribe_page)
     app.router.add_post("/u/{token}", unsubscribe_now)
+    app.router.add_get("/dev/outbox", dev_outbox)

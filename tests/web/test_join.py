@@ -18,7 +18,14 @@ from sqlalchemy import select, update
 from consentgate.bot.join import SlidingWindow
 from consentgate.storage.models import links, messages
 from consentgate.testing.fakes.smtp_server import SmtpSink
-from consentgate.testing.harness import BOB_TOKEN, JANE, PUBLIC_URL, Harness, running_gateway
+from consentgate.testing.harness import (
+    BOB_TOKEN,
+    JANE,
+    JANE_TOKEN,
+    PUBLIC_URL,
+    Harness,
+    running_gateway,
+)
 from tests.web.test_email import email_gateway
 
 NUMBER = "+447911123456"
@@ -179,7 +186,19 @@ async def test_email_double_opt_in_mails_a_confirmation_link_that_subscribes_onc
     assert url is not None
     assert await joins(mail, link["id"]) == 0
 
-    async with mail.session.get(url.group(0).replace(PUBLIC_URL, mail.url)) as r:
+    # Opening the link (a person, or a mail scanner fetching it) shows one button and
+    # changes nothing.
+    confirm_url = url.group(0).replace(PUBLIC_URL, mail.url)
+    for _ in range(2):
+        async with mail.session.get(confirm_url) as r:
+            assert r.status == 200
+            html = await r.text()
+        assert "Confirm your sign-up" in html and '<form method="post">' in html
+        assert "n***@example.com" in html and "Yes, confirm</button>" in html
+    assert await status_of(mail, "email", EMAIL) == ("pending", False)
+    assert await joins(mail, link["id"]) == 0
+
+    async with mail.session.post(confirm_url, data={"confirm": "yes"}) as r:
         assert r.status == 200
         assert "You are subscribed" in await r.text()
     assert await status_of(mail, "email", EMAIL) == ("subscribed", True)
@@ -190,8 +209,11 @@ async def test_email_double_opt_in_mails_a_confirmation_link_that_subscribes_onc
     assert history[1]["consent_text_version"] == pending["consent_text_version"]
     assert await joins(mail, link["id"]) == 1
 
-    # Following it again (a mail client re-opening it) changes nothing, counts nothing.
-    async with mail.session.get(url.group(0).replace(PUBLIC_URL, mail.url)) as r:
+    # Following it again (a mail client re-opening it, the button pressed twice) changes
+    # nothing, counts nothing.
+    async with mail.session.get(confirm_url) as r:
+        assert r.status == 200 and "already subscribed" in await r.text()
+    async with mail.session.post(confirm_url) as r:
         assert r.status == 200 and "already subscribed" in await r.text()
     assert await joins(mail, link["id"]) == 1
     assert len((await subject(mail, "email", EMAIL))["consent_history"]) == 2
@@ -210,6 +232,8 @@ async def test_a_changed_or_made_up_confirmation_token_is_404_and_changes_nothin
     for bad in (token[:-2] + ("AA" if not token.endswith("AA") else "BB"), "made-up"):
         async with mail.session.get(f"{mail.url}/confirm/{bad}") as r:
             assert r.status == 404 and "does not work" in await r.text()
+        async with mail.session.post(f"{mail.url}/confirm/{bad}") as r:
+            assert r.status == 404 and "does not work" in await r.text()
     assert await status_of(mail, "email", EMAIL) == ("pending", False)
 
 
@@ -227,6 +251,8 @@ async def test_an_opt_out_after_joining_outranks_the_confirmation_link(
     assert code == 201
     async with mail.session.get(f"{mail.url}/confirm/{match.group(1)}") as r:
         assert r.status == 404
+    async with mail.session.post(f"{mail.url}/confirm/{match.group(1)}") as r:
+        assert r.status == 404
     assert (await status_of(mail, "email", EMAIL))[0] == "opted_out"
     assert await joins(mail, link["id"]) == 0
 
@@ -243,7 +269,8 @@ async def test_sms_double_opt_in_texts_reply_yes_and_yes_subscribes(gw: Harness)
     [sms] = await gw.twilio.wait_for(1)
     assert sms.to == NUMBER
     assert sms.body == ("Jane Doe for President: reply YES to confirm you want campaign "
-                        "texts. Not you? Ignore this and you will get nothing more.")
+                        "texts. Privacy notice: https://jane.example.org/privacy "
+                        "Not you? Ignore this and you will get nothing more.")
     code, refused = await gw.api("POST", "/api/v1/messages",
                                  {"channel": "sms", "to": NUMBER, "text": "Vote Jane"})
     assert (code, refused["code"]) == (403, "no_consent")
@@ -335,6 +362,111 @@ async def test_too_many_submissions_from_one_ip_get_429(gw: Harness) -> None:
     assert bobs == []
 
 
+EVIL = {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
+
+
+async def post_form(h: Harness, path: str, form: dict[str, str],
+                    headers: dict[str, str]) -> tuple[int, str, str]:
+    async with h.session.post(f"{h.url}{path}", data=form, headers=headers) as r:
+        return r.status, r.content_type, await r.text()
+
+
+async def test_a_cross_site_join_post_is_403_and_changes_nothing(gw: Harness) -> None:
+    link = await new_link(gw, "sms")
+    form = {"address": NUMBER, "consent": "yes"}
+    for headers in (EVIL, {"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
+                    {"Sec-Fetch-Site": "same-site", "Origin": "https://www.example.org"}):
+        status, kind, body = await post_form(gw, f"/join/{link['id']}", form, headers)
+        assert (status, kind) == (403, "application/problem+json"), headers
+        assert json.loads(body)["code"] == "cross_site_request"
+    assert await status_of(gw, "sms", NUMBER) == ("unknown", False)
+    assert await confirm_messages(gw, "sms") == []
+
+    # Its own page (what a browser says of it), the public address, an old browser or
+    # curl (no header), and "Origin: null" (a page with Referrer-Policy: no-referrer).
+    for i, headers in enumerate(({"Origin": gw.url, "Sec-Fetch-Site": "same-origin"},
+                                 {"Origin": PUBLIC_URL}, {}, {"Origin": "null"})):
+        address = f"+4479111234{60 + i}"
+        status, _, body = await post_form(gw, f"/join/{link['id']}",
+                                          {"address": address, "consent": "yes"}, headers)
+        assert status == 200 and "Check your phone" in body, headers
+        assert (await status_of(gw, "sms", address))[0] == "pending"
+
+
+async def test_a_cross_site_confirmation_is_403_and_leaves_it_pending(
+        mail: Harness, sink: SmtpSink) -> None:
+    link = await new_link(mail, "email")
+    await submit(mail, link["id"], EMAIL)
+    [received] = await sink.wait_for(1)
+    body = received.message.get_body(("plain",))
+    assert body is not None
+    match = re.search(r"/confirm/(\S+)", body.get_content())
+    assert match is not None
+    path = f"/confirm/{match.group(1)}"
+    status, kind, answer = await post_form(mail, path, {"confirm": "yes"}, EVIL)
+    assert (status, json.loads(answer)["code"]) == (403, "cross_site_request")
+    assert await status_of(mail, "email", EMAIL) == ("pending", False)
+    status, _, answer = await post_form(mail, path, {"confirm": "yes"},
+                                        {"Origin": mail.url, "Sec-Fetch-Site": "same-origin"})
+    assert status == 200 and "You are subscribed" in answer
+    assert await status_of(mail, "email", EMAIL) == ("subscribed", True)
+
+
+async def test_one_link_and_the_whole_form_each_have_a_limit(gw: Harness) -> None:
+    service = gw.gateway.joins
+    service.by_ip = SlidingWindow(1000, 3600)  # a venue's Wi-Fi: one address for everyone
+    service.by_link = SlidingWindow(3, 3600)
+    poster, leaflet = await new_link(gw, "sms", "Poster"), await new_link(gw, "sms", "Leaflet")
+    answers = [(await submit(gw, poster["id"], f"+4479111234{i:02d}"))[0] for i in range(4)]
+    assert answers == [200, 200, 200, 429]
+    assert await status_of(gw, "sms", "+447911123403") == ("unknown", False)
+    assert (await submit(gw, leaflet["id"], "+447911123410"))[0] == 200  # its own count
+
+    service.overall = SlidingWindow(2, 3600)
+    answers = [(await submit(gw, leaflet["id"], f"+4479111234{i}"))[0] for i in (11, 12, 13)]
+    assert answers == [200, 200, 429]
+    assert await status_of(gw, "sms", "+447911123413") == ("unknown", False)
+
+
+def _campaign(slug: str, token: str) -> str:
+    return f"""
+[[campaigns]]
+slug = "{slug}"
+name = "Campaign {slug}"
+imprint = "Promoted by {slug}"
+consent_text = "Yes, send me {slug} news."
+privacy_notice_url = "https://{slug}.example.org/privacy"
+operators = [ {{ name = "Organiser", token = "{token}", role = "organiser" }} ]
+[campaigns.sms]
+provider = "log"
+"""
+
+
+async def test_an_address_gets_at_most_three_confirmations_a_day_whatever_the_source(
+        sqlite_url: str) -> None:
+    more = _campaign("carol", "carol-organiser-token-01") + _campaign("dan",
+                                                                      "dan-organiser-token-0001")
+    async with running_gateway(sqlite_url, extra_config=more) as h:
+        h.gateway.joins.by_ip = SlidingWindow(1000, 3600)
+        h.gateway.joins.by_address = SlidingWindow(1000, 3600)
+        found = []
+        for token in (JANE_TOKEN, BOB_TOKEN, "carol-organiser-token-01",
+                      "dan-organiser-token-0001"):
+            code, link = await h.api("POST", "/api/v1/links",
+                                     {"channel": "sms", "name": "Poster"}, token=token)
+            assert code == 201, link
+            found.append(link["id"])
+        # 12 addresses, each submitted 7 times over the four campaigns' pages.
+        addresses = [f"+4479111235{i:02d}" for i in range(12)]
+        for address in addresses:
+            for attempt in range(7):
+                code, _ = await submit(h, found[attempt % 4], address)
+                assert code == 200
+        sent = await confirm_messages(h, "sms")
+        per_address = {a: sum(1 for m in sent if m.address == a) for a in addresses}
+        assert per_address == {a: 3 for a in addresses}  # not 7, not 4
+
+
 def test_the_per_address_window_forgets_after_the_window() -> None:
     window = SlidingWindow(limit=2, window=60.0)
     assert [window.allow("a", now=t) for t in (0.0, 1.0, 2.0)] == [True, True, False]
@@ -355,13 +487,14 @@ async def test_qr_codes_as_svg_and_png_and_a_printable_poster(gw: Harness) -> No
     async with gw.session.get(f"{gw.url}/api/v1/links/{link['id']}/qr.svg",
                               headers=auth) as r:
         assert r.status == 200 and "<svg" in await r.text()
-    for size in ("A4", "a5"):
+    for size in ("A4", "a5", "A6"):
         async with gw.session.get(f"{gw.url}/api/v1/links/{link['id']}/poster",
                                   params={"size": size}, headers=auth) as r:
             assert r.status == 200 and r.content_type == "text/html"
             html = await r.text()
-        assert f"size: {size.upper()} portrait" in html
-        assert "<svg" in html and "Bus stop poster" in html and IMPRINT in html
+        assert "<svg" in html and 'viewBox="0 0 ' in html and IMPRINT in html
+        # The link's name is the team's own label: in the title, never on the paper.
+        assert "Bus stop poster" not in html.split("</title>", 1)[1]
         assert f"gateway.example.org/join/{link['id']}" in html
     async with gw.session.get(f"{gw.url}/api/v1/links/{link['id']}/poster") as r:
         assert r.status == 401

@@ -131,6 +131,7 @@ slug = "{JANE}"
 name = "Jane Doe for President"
 imprint = "Promoted by Jane Doe"
 consent_text = "Yes, send me Jane's news."
+privacy_notice_url = "https://jane.example.org/privacy"
 operators = [{{ name = "Jane Doe", token = "jane-organiser-token-0001", role = "organiser" }}]
 [campaigns.sms]
 provider = "log"
