@@ -92,6 +92,7 @@ class OperatorSettings:
     name: str
     token: str
     role: str  # "organiser" | "auditor"  (also accept "volunteer": may send, as organiser)
+    password_hash: str | None = None  # argon2id; needed to sign in to the console
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ _CAMPAIGN_KEYS = (
     "telegram",
     "join_keywords",
 )
-_OPERATOR_KEYS = ("name", "token", "role")
+_OPERATOR_KEYS = ("name", "token", "role", "password_hash")
 _SMS_KEYS = (
     "provider",
     "account_sid",
@@ -550,7 +551,8 @@ def _parse_operators(t: _Table, tokens: dict[str, str]) -> tuple[OperatorSetting
             raise ConfigError(op.key("token"), f"same token as {tokens[token]}")
         tokens[token] = op.key("token")
         operators.append(
-            OperatorSettings(name=name, token=token, role=op.choice("role", OPERATOR_ROLES))
+            OperatorSettings(name=name, token=token, role=op.choice("role", OPERATOR_ROLES),
+                             password_hash=op.opt_str("password_hash"))
         )
     return tuple(operators)
 
