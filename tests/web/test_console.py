@@ -554,3 +554,27 @@ def test_the_sms_preview_adds_the_opt_out_line_only_when_the_text_lacks_one() ->
     assert added.added_line == "Reply STOP to opt out"
     kept = sms_preview("Rally at noon. Reply STOP to opt out", "Reply STOP to opt out")
     assert kept.added_line is None and kept.text.endswith("opt out")
+
+
+async def test_only_slow_counts_are_reused_and_only_for_a_while() -> None:
+    from consentgate.bot.web.console.counts import SlowCounts
+
+    calls = 0
+
+    async def count() -> int:
+        nonlocal calls
+        calls += 1
+        return calls
+
+    slow = SlowCounts(slow_after=0.0, keep_for=60.0)  # every count counts as slow
+    first = await slow.get("k", count)
+    again = await slow.get("k", count)
+    assert (first.value, first.reused) == (1, False)
+    assert (again.value, again.reused, again.at) == (1, True, first.at)
+    expired = SlowCounts(slow_after=0.0, keep_for=0.0)
+    await expired.get("k", count)
+    assert (await expired.get("k", count)).reused is False
+    fast = SlowCounts(slow_after=3600.0)  # nothing is that slow: always counted afresh
+    a = await fast.get("k", count)
+    b = await fast.get("k", count)
+    assert b.value == a.value + 1 and not b.reused

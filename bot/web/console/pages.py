@@ -37,6 +37,7 @@ from consentgate.bot.web.console.auth import (
 )
 from consentgate.bot.web.console.preview import sms_preview
 from consentgate.bot.web.console.routes import (
+    COUNTS,
     LIMITER,
     SESSIONS,
     USER,
@@ -174,13 +175,20 @@ async def home(request: web.Request) -> web.Response:
     slug = me.campaign.slug
     s = subscriptions
     week_ago = time.time() - 7 * 86400
+
+
+    async def by_status() -> dict[str, dict[str, int]]:
+        async with gw.db.read() as conn:
+            rows = await conn.execute(
+                select(s.c.channel, s.c.status, func.count()).where(s.c.campaign == slug)
+                .group_by(s.c.channel, s.c.status))
+            found: dict[str, dict[str, int]] = {}
+            for channel, status, n in rows:
+                found.setdefault(channel, {})[status] = int(n)
+            return found
+
+    counts = await request.app[COUNTS].get(("home", slug), by_status)
     async with gw.db.read() as conn:
-        rows = await conn.execute(
-            select(s.c.channel, s.c.status, func.count()).where(s.c.campaign == slug)
-            .group_by(s.c.channel, s.c.status))
-        counts: dict[str, dict[str, int]] = {}
-        for channel, status, n in rows:
-            counts.setdefault(channel, {})[status] = int(n)
         opt_outs = int((await conn.execute(
             select(func.count()).select_from(consent_events).where(
                 consent_events.c.campaign == slug, consent_events.c.event == "opted_out",
@@ -196,7 +204,8 @@ async def home(request: web.Request) -> web.Response:
     active = [v for v in views if v["status"] in ("queued", "sending", "paused")]
     links = await gw.links.list(slug)
     channels = me.campaign.channels()
-    return page(request, "home.html", counts=counts, channels=channels, statuses=_STATUSES,
+    return page(request, "home.html", counts=counts.value, counted=counts, when=_when,
+                channels=channels, statuses=_STATUSES,
                 opt_outs=opt_outs, flagged=flagged, active=active, links=links[:10])
 
 
@@ -302,14 +311,24 @@ def _draft(form: Any, me: ConsoleUser) -> dict[str, Any]:
     return draft
 
 
-async def _audience(request: web.Request, me: ConsoleUser, draft: dict[str, Any]
-                    ) -> dict[str, Any] | None:
+async def _audience(request: web.Request, me: ConsoleUser, draft: dict[str, Any], *,
+                    fresh: bool = False) -> dict[str, Any] | None:
+    """Who the draft reaches: ``{eligible, excluded}`` as the API's dry run answers (and,
+    for the preview, ``counted_at`` when the count was reused; see :mod:`.counts`)."""
     gw = _gw(request)
-    if draft["channel"] not in me.campaign.channels():
+    slug, channel = me.campaign.slug, draft["channel"]
+    if channel not in me.campaign.channels():
         return None
-    audience: dict[str, Any] = await gw.broadcasts.audience(me.campaign.slug,
-                                                            draft["channel"])
-    return audience
+    if fresh:
+        audience: dict[str, Any] = await gw.broadcasts.audience(slug, channel)
+        return audience
+
+    async def count() -> dict[str, Any]:
+        found: dict[str, Any] = await gw.broadcasts.audience(slug, channel)
+        return found
+
+    counted = await request.app[COUNTS].get(("audience", slug, channel), count)
+    return {**counted.value, "counted_at": _when(counted.at) if counted.reused else None}
 
 
 async def broadcasts_page(request: web.Request) -> web.Response:
@@ -355,7 +374,7 @@ async def broadcast_confirm(request: web.Request) -> web.Response:
     _check_text(draft)
     if draft["channel"] not in me.campaign.channels():
         raise Forbidden("channel_disabled", f"this campaign has no {draft['channel']} channel")
-    audience = await _audience(request, me, draft)
+    audience = await _audience(request, me, draft, fresh=True)
     return page(request, "confirm.html", draft=draft, audience=audience,
                 campaign=me.campaign, changed=False)
 
@@ -367,7 +386,7 @@ async def broadcast_send(request: web.Request) -> web.StreamResponse:
     draft = _draft(form, me)
     _check_text(draft)
     expected = form.get("expected", "")
-    audience = await _audience(request, me, draft)
+    audience = await _audience(request, me, draft, fresh=True)
     if audience is None:
         raise Forbidden("channel_disabled", f"this campaign has no {draft['channel']} channel")
     if str(audience["eligible"]) != expected:

@@ -28,13 +28,15 @@ from consentgate.bot.web.console.auth import (
     csrf_token,
     same_origin,
 )
+from consentgate.bot.web.console.counts import SlowCounts
 
-__all__ = ["LIMITER", "SESSIONS", "USER", "console_app", "page", "see_other", "user"]
+__all__ = ["COUNTS", "LIMITER", "SESSIONS", "USER", "console_app", "page", "see_other", "user"]
 
 _log = structlog.get_logger("consentgate.console")
 
 SESSIONS = web.AppKey("console_sessions", Sessions)
 LIMITER = web.AppKey("console_limiter", SignInLimiter)
+COUNTS = web.AppKey("console_counts", SlowCounts)
 USER = web.RequestKey("console_user", ConsoleUser)  # the signed-in operator
 
 _WEB = Path(__file__).resolve().parent.parent
@@ -161,6 +163,7 @@ def console_app(gateway: Gateway) -> web.Application:
     app[GATEWAY] = gateway
     app[SESSIONS] = Sessions(gateway.db, gateway.settings)
     app[LIMITER] = SignInLimiter()
+    app[COUNTS] = SlowCounts()
     pages.add_routes(app)
     app.router.add_static("/static/", STATIC, append_version=False)
     return app
