@@ -144,7 +144,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     ok = await verify_password(op.password_hash if op else None, password)
     if not ok or op is None:
         limiter.failed(key, address)
-        _log.info("console.sign_in_failed", campaign=slug if op else None)
+        _log.info("console.sign_in_failed", campaign=slug)
         return _sign_in_form(request, 401, name=name,
                              error="That name and password do not match. Try again.")
     limiter.succeeded(key)
