@@ -230,3 +230,58 @@ async def test_a_campaign_team_runs_a_campaign_from_the_console(sqlite_url: str)
             await browser.close()
     for name in ("home", "compose", "broadcast", "replies", "person", "home-phone"):
         assert (SHOTS / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+
+
+async def test_forms_from_another_site_or_without_the_token_change_nothing(
+        sqlite_url: str) -> None:
+    """A signed-in organiser visits another site whose form posts to the console, and a
+    script on a console page posts without the form token: both are refused with 403."""
+    playwright_api = pytest.importorskip("playwright.async_api")
+    from aiohttp import web
+
+    executable = _chromium()
+    victim = "+447911123177"
+
+    async with console_gateway(sqlite_url) as gw:
+        forged = (f'<!doctype html><html lang="en"><title>Win a prize</title>'
+                  f'<form method="post" action="{gw.url}/console/opt-outs">'
+                  f'<input type="hidden" name="channel" value="sms">'
+                  f'<input type="hidden" name="address" value="{victim}">'
+                  f'<input type="hidden" name="csrf" value="guessed">'
+                  f'<button type="submit">Claim</button></form></html>')
+
+        async def evil_page(_request: web.Request) -> web.Response:
+            return web.Response(text=forged, content_type="text/html")
+
+        evil = web.Application()
+        evil.router.add_get("/", evil_page)
+        runner = web.AppRunner(evil, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "localhost", 0)
+        await site.start()
+        evil_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        await gw.subscribe(victim)
+        try:
+            async with playwright_api.async_playwright() as p:
+                browser = await p.chromium.launch(executable_path=executable, headless=True,
+                                                  args=CHROMIUM_ARGS)
+                try:
+                    context = await browser.new_context(**DESKTOP)
+                    page = await context.new_page()
+                    await _sign_in(page, gw.url, "Jane Doe")
+                    other = await context.new_page()
+                    await other.goto(f"http://localhost:{evil_port}/")
+                    async with other.expect_navigation() as nav:
+                        await other.get_by_role("button", name="Claim").click()
+                    response = await nav.value
+                    assert response is not None and response.status == 403
+                    status = await page.evaluate(
+                        "fetch('/console/opt-outs', {method: 'POST', body: new URLSearchParams("
+                        f"{{channel: 'sms', address: '{victim}'}})}}).then(r => r.status)")
+                    assert status == 403
+                finally:
+                    await browser.close()
+        finally:
+            await runner.cleanup()
+        code, body = await gw.api("GET", f"/api/v1/subscribers/sms/{victim}")
+        assert code == 200 and body["status"] == "subscribed", body

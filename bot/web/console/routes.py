@@ -109,6 +109,10 @@ async def _console(request: web.Request, handler: Handler) -> web.StreamResponse
         return await handler(request)
     gw = request.app[GATEWAY]
     secret = gw.settings.security.secret_key
+    changing = request.method not in ("GET", "HEAD")
+    if changing and not same_origin(request, gw.settings.server.public_url):
+        # Before anything else: a forged request learns nothing, not even "signed out".
+        return _refused(request, "This form was sent from another site.")
     sid = request.cookies.get(SESSION_COOKIE)
     found = await request.app[SESSIONS].user(sid)
     if found is not None:
@@ -116,13 +120,11 @@ async def _console(request: web.Request, handler: Handler) -> web.StreamResponse
     route = request.match_info.route.resource
     public = route is not None and route.canonical in _PUBLIC
     if found is None and not public:
-        if request.method in ("GET", "HEAD"):
+        if not changing:
             return see_other("/console/sign-in")
         return page(request, "error.html", 401, code="unauthorized", title="Signed out",
                     detail="Your session has ended. Sign in again.")
-    if request.method not in ("GET", "HEAD"):
-        if not same_origin(request, gw.settings.server.public_url):
-            return _refused(request, "This form was sent from another site.")
+    if changing:
         form = await request.post()
         sent = form.get("csrf")
         if found is not None and sid is not None:
