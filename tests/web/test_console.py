@@ -578,3 +578,24 @@ async def test_only_slow_counts_are_reused_and_only_for_a_while() -> None:
     a = await fast.get("k", count)
     b = await fast.get("k", count)
     assert b.value == a.value + 1 and not b.reused
+
+
+@pytest.mark.postgres
+async def test_sessions_and_a_console_change_work_on_postgresql(pg_url: str) -> None:
+    async with console_gateway(pg_url) as gw:
+        b = Browser(gw)
+        try:
+            status, _, _ = await b.sign_in()
+            assert status == 303
+            await b.get("/console/links")
+            status, _, headers = await b.post("/console/links",
+                                              {"name": "Stall", "channel": "sms"})
+            assert status == 303
+            [created] = await _audit(gw, "link.created")
+            assert created.actor == "Jane Doe"
+            status, _, _ = await b.post("/console/sign-out")
+            assert status == 303
+            async with gw.db.read() as conn:
+                assert (await conn.execute(select(console_sessions))).all() == []
+        finally:
+            await b.close()
