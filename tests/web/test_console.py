@@ -599,3 +599,40 @@ async def test_sessions_and_a_console_change_work_on_postgresql(pg_url: str) -> 
                 assert (await conn.execute(select(console_sessions))).all() == []
         finally:
             await b.close()
+
+
+async def test_restriction_and_rectification_ask_for_confirmation_and_are_audited(
+        console: Harness, jane: Browser) -> None:
+    old, new = "+447911123180", "+447911123181"
+    await console.subscribe(old)
+    await jane.get(f"/console/people?channel=sms&address={old}")
+    form = {"channel": "sms", "address": old, "restricted": "true"}
+    status, _, _ = await jane.post("/console/people/restrict", form)
+    assert status == 422
+    status, _, headers = await jane.post("/console/people/restrict", {**form, "confirm": "yes"})
+    assert status == 303
+    status, text, _ = await jane.get(headers["Location"])
+    assert "processing restricted" in text and "We cannot message them" in text
+    status, _, headers = await jane.post("/console/people/rectify", {
+        "channel": "sms", "address": old, "new_address": "07911 123181", "confirm": "yes"})
+    assert status == 303 and "%2B447911123181" in headers["Location"]
+    code, body = await console.api("GET", f"/api/v1/subscribers/sms/{new}")
+    assert code == 200 and body["history"]
+    for action in ("subject.restricted", "subject.rectified"):
+        records = await _audit(console, action)
+        assert [r.actor for r in records] == ["Jane Doe"], action
+
+
+async def test_no_session_id_reaches_the_log(console: Harness) -> None:
+    b = Browser(console)
+    try:
+        with capture_logs() as logs:
+            await b.sign_in()
+            await b.get("/console/links")
+            await b.post("/console/links", {"name": "Stall", "channel": "sms"})
+            sid = next(c.value for c in b.session.cookie_jar
+                       if c.key == "consentgate_console")
+            await b.post("/console/sign-out")
+        assert logs and sid and sid not in repr(logs) and b.csrf not in repr(logs)
+    finally:
+        await b.close()
