@@ -30,6 +30,7 @@ __all__ = [
     "campaigns",
     "consent_events",
     "consent_texts",
+    "console_sessions",
     "idempotency_keys",
     "inbound_messages",
     "links",
@@ -279,4 +280,17 @@ rate_buckets = Table(
     metadata,
     Column("sender", String(200), primary_key=True),
     Column("next_slot", Float, nullable=False),
+)
+
+# Signed-in console users. Only the SHA-256 of the session id is stored, so a copy of the
+# database cannot be used to take over a session.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("campaign", String(64), nullable=False),
+    Column("operator", String(200), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("last_seen_at", Float, nullable=False),
+    Index("ix_console_sessions_last_seen", "last_seen_at"),
 )

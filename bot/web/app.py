@@ -17,6 +17,7 @@ from consentgate.bot.errors import GatewayError
 from consentgate.bot.gateway import Gateway
 from consentgate.bot.web import join_pages, pages, routes, webhooks
 from consentgate.bot.web.common import GATEWAY, OPERATORS, operator_table
+from consentgate.bot.web.console import console_app
 from consentgate.bot.web.openapi import OPENAPI_PATH, openapi_document
 from consentgate.bot.web.problems import problem
 
@@ -101,4 +102,12 @@ def create_app(gateway: Gateway) -> web.Application:
     webhooks.add_routes(app)
     pages.add_routes(app)
     join_pages.add_routes(app)
+    app.router.add_get("/", _to_console)
+    app.router.add_get("/console", _to_console)
+    app.add_subapp("/console", console_app(gateway))
     return app
+
+
+async def _to_console(_request: web.Request) -> web.Response:
+    """A person who opens the server in a browser finds the organiser console."""
+    return web.Response(status=303, headers={"Location": "/console/"})

@@ -1,0 +1,705 @@
+"""The console's pages: thin handlers that read a form, call a service and pick a template.
+
+Each change is made by the same service call the API makes, under the signed-in operator's
+name, so the audit log attributes it to them. An auditor sees every page but no change
+control, and every change route refuses an auditor anyway (:func:`_changer`).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+from sqlalchemy import func, select
+
+from consentgate.adapters.base import CHANNELS
+from consentgate.bot import audit
+from consentgate.bot.consent import Status
+from consentgate.bot.errors import Forbidden, InvalidInput, NotFound
+from consentgate.bot.imports import import_consents, import_opt_outs
+from consentgate.bot.links import qr_png, qr_svg
+from consentgate.bot.messages import iso
+from consentgate.bot.privacy import Privacy
+from consentgate.bot.report import compliance_report
+from consentgate.bot.web.common import GATEWAY
+from consentgate.bot.web.console.auth import (
+    SESSION_COOKIE,
+    SIGNIN_COOKIE,
+    ConsoleUser,
+    csrf_token,
+    find_operator,
+    verify_password,
+)
+from consentgate.bot.web.console.preview import sms_preview
+from consentgate.bot.web.console.routes import (
+    COUNTS,
+    LIMITER,
+    SESSIONS,
+    USER,
+    page,
+    see_other,
+    set_session_cookie,
+    set_signin_cookie,
+    user,
+)
+from consentgate.storage.models import (
+    audit_events,
+    broadcasts,
+    consent_events,
+    inbound_messages,
+    subscriptions,
+)
+
+__all__ = ["add_routes"]
+
+_log = structlog.get_logger("consentgate.console")
+
+PAGE_SIZE = 50
+_STATUSES = ("subscribed", "pending", "opted_out", "suppressed")
+
+
+def _gw(request: web.Request) -> Any:
+    return request.app[GATEWAY]
+
+
+def _changer(request: web.Request) -> ConsoleUser:
+    """The signed-in operator, who must be allowed to change things."""
+    me = user(request)
+    if not me.can_change:
+        raise Forbidden("forbidden", "the auditor role may read but not change anything")
+    return me
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    form = await request.post()
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _cursor(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    if not value.isdigit() or len(value) > 18:
+        raise InvalidInput("invalid_query", "the page cursor must be a number")
+    return int(value)
+
+
+def _channel(value: str | None, me: ConsoleUser) -> str:
+    if value not in CHANNELS:
+        raise InvalidInput("invalid_channel", "channel must be one of sms, email, telegram")
+    assert value is not None
+    return value
+
+
+# -- sign-in ------------------------------------------------------------------------------
+
+
+def _campaign_choices(request: web.Request) -> list[Any]:
+    return list(_gw(request).settings.campaigns)
+
+
+async def sign_in_page(request: web.Request) -> web.StreamResponse:
+    if request.get(USER) is not None:
+        return see_other("/console/")
+    return _sign_in_form(request, 200, error=None, name="")
+
+
+def _sign_in_form(request: web.Request, status: int, *, error: str | None, name: str,
+                  headers: dict[str, str] | None = None) -> web.Response:
+    gw = _gw(request)
+    pre = secrets.token_urlsafe(24)
+    response = page(request, "sign_in.html", status, headers=headers,
+                    csrf=csrf_token(gw.settings.security.secret_key, "signin", pre),
+                    campaigns=_campaign_choices(request), error=error, name=name)
+    set_signin_cookie(response, gw, pre)
+    return response
+
+
+async def sign_in(request: web.Request) -> web.StreamResponse:
+    gw = _gw(request)
+    form = await _form(request)
+    name = form.get("name", "").strip()[:200]
+    password = form.get("password", "")[:1000]
+    campaigns = _campaign_choices(request)
+    slug = form.get("campaign", campaigns[0].slug if len(campaigns) == 1 else "")
+    limiter = request.app[LIMITER]
+    key = f"{slug}\x00{name.casefold()}"
+    address = request.remote or "unknown"
+    wait = limiter.retry_after(key, address)
+    if wait:
+        minutes = max(1, -(-wait // 60))
+        return _sign_in_form(request, 429, name=name, headers={"Retry-After": str(wait)},
+                             error=f"Too many attempts. Try again in {minutes} minutes.")
+    op = find_operator(gw.settings, slug, name) if name else None
+    ok = await verify_password(op.password_hash if op else None, password)
+    if not ok or op is None:
+        limiter.failed(key, address)
+        _log.info("console.sign_in_failed", campaign=slug)
+        return _sign_in_form(request, 401, name=name,
+                             error="That name and password do not match. Try again.")
+    limiter.succeeded(key)
+    sid = await request.app[SESSIONS].start(slug, op.name)
+    _log.info("console.signed_in", campaign=slug, operator=op.name)
+    response = see_other("/console/")
+    set_session_cookie(response, gw, sid)
+    response.del_cookie(SIGNIN_COOKIE, path="/console/sign-in")
+    return response
+
+
+async def sign_out(request: web.Request) -> web.StreamResponse:
+    me = user(request)
+    sid = request.cookies.get(SESSION_COOKIE, "")
+    await request.app[SESSIONS].end(sid, me)
+    _log.info("console.signed_out", campaign=me.campaign.slug, operator=me.name)
+    response = see_other("/console/sign-in")
+    response.del_cookie(SESSION_COOKIE, path="/console")
+    return response
+
+
+# -- home ---------------------------------------------------------------------------------
+
+
+async def home(request: web.Request) -> web.Response:
+    me = user(request)
+    gw = _gw(request)
+    slug = me.campaign.slug
+    s = subscriptions
+    week_ago = time.time() - 7 * 86400
+
+
+    async def by_status() -> dict[str, dict[str, int]]:
+        async with gw.db.read() as conn:
+            rows = await conn.execute(
+                select(s.c.channel, s.c.status, func.count()).where(s.c.campaign == slug)
+                .group_by(s.c.channel, s.c.status))
+            found: dict[str, dict[str, int]] = {}
+            for channel, status, n in rows:
+                found.setdefault(channel, {})[status] = int(n)
+            return found
+
+    counts = await request.app[COUNTS].get(("home", slug), by_status)
+    async with gw.db.read() as conn:
+        opt_outs = int((await conn.execute(
+            select(func.count()).select_from(consent_events).where(
+                consent_events.c.campaign == slug, consent_events.c.event == "opted_out",
+                consent_events.c.at >= week_ago))).scalar_one())
+        flagged = int((await conn.execute(
+            select(func.count()).select_from(inbound_messages).where(
+                inbound_messages.c.campaign == slug,
+                inbound_messages.c.flag.is_not(None)))).scalar_one())
+        recent = [int(i) for i in (await conn.execute(
+            select(broadcasts.c.id).where(broadcasts.c.campaign == slug)
+            .order_by(broadcasts.c.id.desc()).limit(5))).scalars()]
+    views = [await gw.broadcasts.view(slug, b) for b in recent]
+    active = [v for v in views if v["status"] in ("queued", "sending", "paused")]
+    links = await gw.links.list(slug)
+    channels = me.campaign.channels()
+    return page(request, "home.html", counts=counts.value, counted=counts, when=_when,
+                channels=channels, statuses=_STATUSES,
+                opt_outs=opt_outs, flagged=flagged, active=active, links=links[:10])
+
+
+# -- join links ---------------------------------------------------------------------------
+
+
+async def links_page(request: web.Request) -> web.Response:
+    me = user(request)
+    gw = _gw(request)
+    found = await gw.links.list(me.campaign.slug)
+    return page(request, "links.html", links=found, channels=me.campaign.channels(),
+                now=time.time(), when=_when, form={}, error=None,
+                own_chats=me.campaign.telegram.own_chats if me.campaign.telegram else ())
+
+
+async def create_link(request: web.Request) -> web.StreamResponse:
+    me = _changer(request)
+    gw = _gw(request)
+    form = await _form(request)
+    chat = form.get("telegram_chat_id") or None
+    expires = form.get("expires_at") or None
+    limit = form.get("member_limit") or None
+    try:
+        link = await gw.links.create(
+            me.campaign.slug, me.name, channel=_channel(form.get("channel"), me),
+            name=form.get("name", ""),
+            telegram_chat_id=int(chat) if chat and chat.lstrip("-").isdigit() else chat,
+            expires_at=expires,
+            member_limit=int(limit) if limit and limit.isdigit() else limit)
+    except InvalidInput as exc:
+        found = await gw.links.list(me.campaign.slug)
+        return page(request, "links.html", exc.status, links=found,
+                    channels=me.campaign.channels(), now=time.time(), when=_when, form=form,
+                    error=exc.detail,
+                    own_chats=me.campaign.telegram.own_chats if me.campaign.telegram else ())
+    return see_other(f"/console/links/{link.id}")
+
+
+async def link_page(request: web.Request) -> web.Response:
+    me = user(request)
+    gw = _gw(request)
+    link = await gw.links.get(me.campaign.slug, request.match_info["id"])
+    return page(request, "link.html", link=link, when=_when, live=link.is_live(),
+                start_url=gw.links.start_url(link))
+
+
+async def link_qr_svg(request: web.Request) -> web.Response:
+    me = user(request)
+    link = await _gw(request).links.get(me.campaign.slug, request.match_info["id"])
+    return web.Response(text=qr_svg(link.url, scale=10), content_type="image/svg+xml",
+                        headers={"Content-Disposition":
+                                 f'inline; filename="join-{link.id}.svg"'})
+
+
+async def link_qr_png(request: web.Request) -> web.Response:
+    me = user(request)
+    link = await _gw(request).links.get(me.campaign.slug, request.match_info["id"])
+    return web.Response(body=qr_png(link.url), content_type="image/png",
+                        headers={"Content-Disposition":
+                                 f'attachment; filename="join-{link.id}.png"'})
+
+
+async def link_poster(request: web.Request) -> web.Response:
+    """The printable poster the API serves (same template), for A4 or A5."""
+    from consentgate.bot.web.join_pages import render
+
+    me = user(request)
+    link = await _gw(request).links.get(me.campaign.slug, request.match_info["id"])
+    size = request.query.get("size", "A4").upper()
+    if size not in ("A4", "A5"):
+        raise InvalidInput("invalid_size", "size must be A4 or A5")
+    html = render("poster.html", link=link, campaign=me.campaign, url=link.url,
+                  short_url=link.url.split("://", 1)[-1], size=size,
+                  qr=qr_svg(link.url, scale=10))
+    # The poster is a stand-alone print page with its own inline styles and no script.
+    return web.Response(text=html, content_type="text/html", headers={
+        "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                                   "img-src 'self' data:; frame-ancestors 'none'"})
+
+
+async def revoke_link(request: web.Request) -> web.StreamResponse:
+    me = _changer(request)
+    link = await _gw(request).links.revoke(me.campaign.slug, me.name,
+                                           request.match_info["id"])
+    return see_other(f"/console/links/{link.id}")
+
+
+# -- broadcasts ---------------------------------------------------------------------------
+
+
+def _draft(form: Any, me: ConsoleUser) -> dict[str, Any]:
+    channels = me.campaign.channels()
+    channel = form.get("channel") or (channels[0] if channels else "sms")
+    if channel not in CHANNELS:
+        raise InvalidInput("invalid_channel", "channel must be one of sms, email, telegram")
+    text = form.get("text", "")
+    subject = form.get("subject", "")
+    draft: dict[str, Any] = {"channel": channel, "text": text, "subject": subject}
+    if channel == "sms" and text.strip():
+        sms = me.campaign.sms
+        draft["sms"] = sms_preview(text, sms.opt_out_instruction if sms else "Reply STOP")
+    return draft
+
+
+async def _audience(request: web.Request, me: ConsoleUser, draft: dict[str, Any], *,
+                    fresh: bool = False) -> dict[str, Any] | None:
+    """Who the draft reaches: ``{eligible, excluded}`` as the API's dry run answers (and,
+    for the preview, ``counted_at`` when the count was reused; see :mod:`.counts`)."""
+    gw = _gw(request)
+    slug, channel = me.campaign.slug, draft["channel"]
+    if channel not in me.campaign.channels():
+        return None
+    if fresh:
+        audience: dict[str, Any] = await gw.broadcasts.audience(slug, channel)
+        return audience
+
+    async def count() -> dict[str, Any]:
+        found: dict[str, Any] = await gw.broadcasts.audience(slug, channel)
+        return found
+
+    counted = await request.app[COUNTS].get(("audience", slug, channel), count)
+    return {**counted.value, "counted_at": _when(counted.at) if counted.reused else None}
+
+
+async def broadcasts_page(request: web.Request) -> web.Response:
+    me = user(request)
+    gw = _gw(request)
+    draft = _draft(request.query, me)
+    before = _cursor(request.query.get("before"))
+    stmt = (select(broadcasts.c.id).where(broadcasts.c.campaign == me.campaign.slug)
+            .order_by(broadcasts.c.id.desc()).limit(PAGE_SIZE + 1))
+    if before is not None:
+        stmt = stmt.where(broadcasts.c.id < before)
+    async with gw.db.read() as conn:
+        ids = [int(i) for i in (await conn.execute(stmt)).scalars()]
+    more = len(ids) > PAGE_SIZE
+    views = [await gw.broadcasts.view(me.campaign.slug, i) for i in ids[:PAGE_SIZE]]
+    audience = await _audience(request, me, draft)
+    return page(request, "broadcasts.html", draft=draft, audience=audience,
+                campaign=me.campaign, channels=me.campaign.channels(), broadcasts=views,
+                next_before=ids[PAGE_SIZE - 1] if more else None, error=None)
+
+
+async def broadcast_preview(request: web.Request) -> web.Response:
+    """The live part of the compose form: the message as sent and who it reaches. An htmx
+    request gets the fragment; a plain form's "Preview" button gets the whole page."""
+    me = user(request)
+    draft = _draft(request.query, me)
+    audience = await _audience(request, me, draft)
+    if request.headers.get("HX-Request") != "true":
+        return await broadcasts_page(request)
+    return page(request, "_preview.html", draft=draft, audience=audience,
+                campaign=me.campaign)
+
+
+def _check_text(draft: dict[str, Any]) -> None:
+    if not draft["text"].strip():
+        raise InvalidInput("invalid_text", "write the message first")
+
+
+async def broadcast_confirm(request: web.Request) -> web.Response:
+    """The step before anything is queued: the exact number of people it will reach."""
+    me = _changer(request)
+    draft = _draft(await _form(request), me)
+    _check_text(draft)
+    if draft["channel"] not in me.campaign.channels():
+        raise Forbidden("channel_disabled", f"this campaign has no {draft['channel']} channel")
+    audience = await _audience(request, me, draft, fresh=True)
+    return page(request, "confirm.html", draft=draft, audience=audience,
+                campaign=me.campaign, changed=False)
+
+
+async def broadcast_send(request: web.Request) -> web.StreamResponse:
+    me = _changer(request)
+    gw = _gw(request)
+    form = await _form(request)
+    draft = _draft(form, me)
+    _check_text(draft)
+    expected = form.get("expected", "")
+    audience = await _audience(request, me, draft, fresh=True)
+    if audience is None:
+        raise Forbidden("channel_disabled", f"this campaign has no {draft['channel']} channel")
+    if str(audience["eligible"]) != expected:
+        # The audience moved since the operator confirmed: confirm the new number.
+        return page(request, "confirm.html", 409, draft=draft, audience=audience,
+                    campaign=me.campaign, changed=True)
+    result = await gw.broadcasts.create(
+        me.campaign.slug, gw.rules[me.campaign.slug].channels_enabled, me.name,
+        draft["channel"], draft["text"],
+        (draft["subject"] or None) if draft["channel"] == "email" else None, False)
+    gw.dispatcher.wake(me.campaign.slug, draft["channel"])
+    return see_other(f"/console/broadcasts/{result['id']}")
+
+
+def _broadcast_id(request: web.Request) -> int:
+    value = request.match_info["id"]
+    if not value.isdigit() or len(value) > 18:
+        raise NotFound("broadcast_not_found", "no such broadcast")
+    return int(value)
+
+
+async def broadcast_page(request: web.Request) -> web.Response:
+    me = user(request)
+    gw = _gw(request)
+    view = await gw.broadcasts.view(me.campaign.slug, _broadcast_id(request))
+    async with gw.db.read() as conn:
+        row = (await conn.execute(select(broadcasts.c.text, broadcasts.c.subject).where(
+            broadcasts.c.id == view["id"]))).one()
+    template = "_progress.html" if request.headers.get("HX-Request") == "true" \
+        else "broadcast.html"
+    return page(request, template, b=view, text=row.text, subject=row.subject)
+
+
+async def broadcast_cancel(request: web.Request) -> web.StreamResponse:
+    me = _changer(request)
+    broadcast_id = _broadcast_id(request)
+    await _gw(request).broadcasts.cancel(me.campaign.slug, broadcast_id, me.name)
+    return see_other(f"/console/broadcasts/{broadcast_id}")
+
+
+async def broadcast_resume(request: web.Request) -> web.StreamResponse:
+    me = _changer(request)
+    gw = _gw(request)
+    broadcast_id = _broadcast_id(request)
+    view = await gw.broadcasts.resume(me.campaign.slug, broadcast_id, me.name)
+    gw.dispatcher.wake(me.campaign.slug, view["channel"])
+    return see_other(f"/console/broadcasts/{broadcast_id}")
+
+
+# -- replies ------------------------------------------------------------------------------
+
+
+async def replies_page(request: web.Request) -> web.Response:
+    """The inbox: flagged replies first (a person must read them), then the rest, newest
+    first, a page at a time."""
+    me = user(request)
+    gw = _gw(request)
+    im = inbound_messages
+    before = _cursor(request.query.get("before"))
+    stmt = (select(im).where(im.c.campaign == me.campaign.slug, im.c.flag.is_(None))
+            .order_by(im.c.id.desc()).limit(PAGE_SIZE + 1))
+    if before is not None:
+        stmt = stmt.where(im.c.id < before)
+    async with gw.db.read() as conn:
+        flagged = (await conn.execute(
+            select(im).where(im.c.campaign == me.campaign.slug, im.c.flag.is_not(None))
+            .order_by(im.c.id.desc()).limit(PAGE_SIZE))).all() if before is None else []
+        rest = (await conn.execute(stmt)).all()
+    more = len(rest) > PAGE_SIZE
+    return page(request, "replies.html", flagged=flagged, rest=rest[:PAGE_SIZE], when=_when,
+                next_before=rest[PAGE_SIZE - 1].id if more else None,
+                can_resolve=True)
+
+
+async def resolve_reply(request: web.Request) -> web.StreamResponse:
+    """One click on a flagged reply: record the sender's opt-out, or mark it as not one.
+    The work is the reply-review service's (``gateway.replies.resolve``), as in the API."""
+    me = _changer(request)
+    gw = _gw(request)
+    form = await _form(request)
+    action = form.get("action")
+    if action not in ("opt_out", "not_an_opt_out"):
+        raise InvalidInput("invalid_action", "action must be opt_out or not_an_opt_out")
+    reply_id = request.match_info["id"]
+    if not reply_id.isdigit() or len(reply_id) > 18:
+        raise NotFound("reply_not_found", "no such reply")
+    await gw.replies.resolve(me.campaign.slug, int(reply_id), action,
+                             (form.get("note") or "")[:1000] or None, me.name)
+    return see_other("/console/replies")
+
+
+# -- a person -----------------------------------------------------------------------------
+
+
+def _privacy(request: web.Request) -> Privacy:
+    gw = _gw(request)
+    return Privacy(gw.db, gw.ledger, gw.settings)
+
+
+async def person_page(request: web.Request) -> web.Response:
+    me = user(request)
+    gw = _gw(request)
+    q = request.query
+    if not q.get("address"):
+        return page(request, "person.html", record=None, channels=me.campaign.channels(),
+                    query={"channel": q.get("channel", "sms"), "address": ""})
+    channel = _channel(q.get("channel"), me)
+    address = _privacy(request).address(me.campaign, channel, q["address"][:320])
+    slug = me.campaign.slug
+    async with gw.db.read() as conn:
+        state = await gw.ledger.state(conn, slug, channel, address)
+        decision = await gw.gate.decide_now(conn, slug, channel, address)
+        history = await gw.ledger.history(conn, slug, channel, address)
+        replies = (await conn.execute(
+            select(inbound_messages).where(
+                inbound_messages.c.campaign == slug, inbound_messages.c.channel == channel,
+                inbound_messages.c.address_hash == gw.ledger.hash(channel, address))
+            .order_by(inbound_messages.c.id.desc()).limit(PAGE_SIZE))).all()
+        restricted = bool((await conn.execute(
+            select(subscriptions.c.restricted).where(
+                subscriptions.c.campaign == slug, subscriptions.c.channel == channel,
+                subscriptions.c.address == address))).scalar())
+    status = Status.SUPPRESSED if state.suppressed else state.status
+    record = {"channel": channel, "address": address, "status": status.value,
+              "can_send": decision.allowed,
+              "reason": decision.reason.value if decision.reason else None,
+              "restricted": restricted,
+              "history": history, "replies": replies}
+    return page(request, "person.html", record=record, channels=me.campaign.channels(),
+                query={"channel": channel, "address": address}, when=_when)
+
+
+def _confirmed(form: dict[str, str]) -> None:
+    if form.get("confirm") != "yes":
+        raise InvalidInput("not_confirmed", "tick the box to confirm, then send the form again")
+
+
+async def _person_form(request: web.Request) -> tuple[ConsoleUser, dict[str, str], str, str]:
+    me = _changer(request)
+    form = await _form(request)
+    channel = _channel(form.get("channel"), me)
+    address = _privacy(request).address(me.campaign, channel, form.get("address", "")[:320])
+    return me, form, channel, address
+
+
+def _person_url(channel: str, address: str) -> str:
+    from urllib.parse import urlencode
+
+    return "/console/people?" + urlencode({"channel": channel, "address": address})
+
+
+async def person_export(request: web.Request) -> web.Response:
+    """Subject access: everything held, as a JSON download (the access is audited). An
+    auditor may export: it changes nothing about the person."""
+    me = user(request)
+    form = await _form(request)
+    channel = _channel(form.get("channel"), me)
+    privacy = _privacy(request)
+    address = privacy.address(me.campaign, channel, form.get("address", "")[:320])
+    export = await privacy.export(me.campaign, channel, address, me.name)
+    return web.Response(text=json.dumps(export, indent=2, ensure_ascii=False),
+                        content_type="application/json", headers={
+                            "Cache-Control": "no-store",
+                            "Content-Disposition": 'attachment; filename="subject-export.json"'})
+
+
+async def person_rectify(request: web.Request) -> web.StreamResponse:
+    me, form, channel, address = await _person_form(request)
+    _confirmed(form)
+    privacy = _privacy(request)
+    corrected = privacy.address(me.campaign, channel, form.get("new_address", "")[:320])
+    await privacy.rectify(me.campaign, channel, address, corrected, me.name)
+    return see_other(_person_url(channel, corrected))
+
+
+async def person_restrict(request: web.Request) -> web.StreamResponse:
+    me, form, channel, address = await _person_form(request)
+    _confirmed(form)
+    restricted = form.get("restricted") == "true"
+    await _privacy(request).restrict(me.campaign, channel, address, restricted, me.name)
+    return see_other(_person_url(channel, address))
+
+
+async def person_erase(request: web.Request) -> web.Response:
+    me, form, channel, address = await _person_form(request)
+    _confirmed(form)
+    result = await _privacy(request).erase(me.campaign, channel, address, me.name)
+    return page(request, "erased.html", channel=channel, result=result)
+
+
+# -- opt-outs and imports -----------------------------------------------------------------
+
+
+async def opt_outs_page(request: web.Request) -> web.Response:
+    me = user(request)
+    return page(request, "opt_outs.html", channels=me.campaign.channels(), report=None,
+                done=request.query.get("done"))
+
+
+async def record_opt_out(request: web.Request) -> web.StreamResponse:
+    me, form, channel, address = await _person_form(request)
+    gw = _gw(request)
+    reason = (form.get("reason") or "operator request").strip()[:500]
+    async with gw.db.write() as conn:
+        await gw.ledger.record_opt_out(conn, me.campaign.slug, channel, address,
+                                       method="operator", reason=reason, actor=me.name)
+    gw.metrics.opt_outs.labels(channel, "operator").inc()
+    return see_other(_person_url(channel, address))
+
+
+async def _upload(request: web.Request) -> bytes:
+    form = await request.post()
+    field = form.get("file")
+    if field is None or isinstance(field, str) or not hasattr(field, "file"):
+        raise InvalidInput("missing_file", "choose a CSV file to upload")
+    data: bytes = field.file.read()
+    return data
+
+
+async def import_suppressions(request: web.Request) -> web.Response:
+    me = _changer(request)
+    gw = _gw(request)
+    report = await import_opt_outs(gw.db, gw.ledger, me.campaign, me.name,
+                                   await _upload(request))
+    return page(request, "opt_outs.html", channels=me.campaign.channels(),
+                report=report.as_dict(), kind="opt-outs", done=None)
+
+
+async def import_consent_csv(request: web.Request) -> web.Response:
+    me = _changer(request)
+    gw = _gw(request)
+    report = await import_consents(gw.db, gw.ledger, me.campaign, me.name,
+                                   await _upload(request))
+    return page(request, "opt_outs.html", channels=me.campaign.channels(),
+                report=report.as_dict(), kind="consents", done=None)
+
+
+async def export_suppressions(request: web.Request) -> web.Response:
+    me = user(request)
+    text = await _privacy(request).suppressions_csv(me.campaign.slug)
+    return web.Response(text=text, content_type="text/csv", headers={
+        "Cache-Control": "no-store",
+        "Content-Disposition": f'attachment; filename="{me.campaign.slug}-suppressions.csv"'})
+
+
+# -- audit and report ---------------------------------------------------------------------
+
+
+async def audit_page(request: web.Request) -> web.Response:
+    """The audit log, newest first, filterable by action and actor, a page at a time.
+    Verifying the whole chain reads every record, so it runs when asked for."""
+    me = user(request)
+    gw = _gw(request)
+    q = request.query
+    before = _cursor(q.get("before"))
+    a = audit_events
+    stmt = (select(a).where(a.c.campaign == me.campaign.slug)
+            .order_by(a.c.seq.desc()).limit(PAGE_SIZE + 1))
+    filters = {k: q.get(k, "")[:200] for k in ("action", "actor")}
+    if filters["action"]:
+        stmt = stmt.where(a.c.action == filters["action"])
+    if filters["actor"]:
+        stmt = stmt.where(a.c.actor == filters["actor"])
+    if before is not None:
+        stmt = stmt.where(a.c.seq < before)
+    verification = None
+    async with gw.db.read() as conn:
+        rows = (await conn.execute(stmt)).all()
+        if q.get("verify") == "1":
+            verification = await audit.verify(conn, me.campaign.slug)
+    more = len(rows) > PAGE_SIZE
+    return page(request, "audit.html", rows=rows[:PAGE_SIZE], filters=filters, when=_when,
+                next_before=rows[PAGE_SIZE - 1].seq if more else None,
+                verification=verification)
+
+
+async def report_page(request: web.Request) -> web.Response:
+    me = user(request)
+    report = await compliance_report(_gw(request).db, me.campaign.slug)
+    return page(request, "report.html", report=report, iso=iso)
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/", home)
+    r.add_get("/sign-in", sign_in_page)
+    r.add_post("/sign-in", sign_in)
+    r.add_post("/sign-out", sign_out)
+    r.add_get("/links", links_page)
+    r.add_post("/links", create_link)
+    r.add_get("/links/{id}", link_page)
+    r.add_get("/links/{id}/qr.svg", link_qr_svg)
+    r.add_get("/links/{id}/qr.png", link_qr_png)
+    r.add_get("/links/{id}/poster", link_poster)
+    r.add_post("/links/{id}/revoke", revoke_link)
+    r.add_get("/broadcasts", broadcasts_page)
+    r.add_get("/broadcasts/preview", broadcast_preview)
+    r.add_post("/broadcasts/confirm", broadcast_confirm)
+    r.add_post("/broadcasts", broadcast_send)
+    r.add_get("/broadcasts/{id}", broadcast_page)
+    r.add_post("/broadcasts/{id}/cancel", broadcast_cancel)
+    r.add_post("/broadcasts/{id}/resume", broadcast_resume)
+    r.add_get("/replies", replies_page)
+    r.add_post("/replies/{id}/resolve", resolve_reply)
+    r.add_get("/people", person_page)
+    r.add_post("/people/export", person_export)
+    r.add_post("/people/rectify", person_rectify)
+    r.add_post("/people/restrict", person_restrict)
+    r.add_post("/people/erase", person_erase)
+    r.add_get("/opt-outs", opt_outs_page)
+    r.add_post("/opt-outs", record_opt_out)
+    r.add_post("/opt-outs/import", import_suppressions)
+    r.add_get("/opt-outs/export.csv", export_suppressions)
+    r.add_post("/consents/import", import_consent_csv)
+    r.add_get("/audit", audit_page)
+    r.add_get("/report", report_page)
