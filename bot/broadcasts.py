@@ -224,6 +224,26 @@ class BroadcastService:
                 "created_at": iso(b.created_at), "created_by": b.created_by,
                 "resumed_at": iso(b.resumed_at), **paused}
 
+    async def nothing_dispatching(self, broadcast_id: int) -> bool:
+        """Whether this broadcast has messages due that no process is there to send (no
+        ``serve`` or ``worker`` running): on SQLite none holds the single-process lock; on
+        PostgreSQL, where processes come and go freely, no message anywhere is leased
+        although some of this broadcast's are due. Messages held for quiet hours are not
+        due, so a broadcast waiting for the morning is not taken for a stalled one."""
+        now = time.time()
+        async with self.db.read() as conn:
+            due = (await conn.execute(
+                select(messages.c.id).where(messages.c.broadcast_id == broadcast_id,
+                                            messages.c.status == "queued",
+                                            messages.c.not_before <= now).limit(1))).first()
+            if due is None:
+                return False
+            if self.db.is_sqlite:
+                return not self.db.single_process_claimed()
+            leased = (await conn.execute(
+                select(messages.c.id).where(messages.c.lease_expires > now).limit(1))).first()
+        return leased is None
+
     async def resume(self, campaign: str, broadcast_id: int, actor: str) -> dict[str, Any]:
         """Resume a paused broadcast: its held messages are due again at once (the gate
         still decides each one when it is sent, so whoever opted out meanwhile gets

@@ -20,11 +20,13 @@ from consentgate.bot.config import CampaignSettings, Settings
 from consentgate.bot.dispatch import Dispatcher
 from consentgate.bot.gate import CampaignRules, ConsentGate
 from consentgate.bot.inbound import InboundService
+from consentgate.bot.join import JoinService
 from consentgate.bot.ledger import Ledger
 from consentgate.bot.links import LinkService
 from consentgate.bot.messages import MessageService
 from consentgate.bot.metrics import Metrics
 from consentgate.bot.pgpacer import SharedPacer
+from consentgate.bot.privacy import Privacy
 from consentgate.bot.telegram import TelegramService, telegram_bots
 from consentgate.bot.tokens import Tokens
 from consentgate.bot.unsubscribe import MailTokens, UnsubscribeService
@@ -131,6 +133,9 @@ class Gateway:
                                         self.links, self.campaigns, bots,
                                         public_url=settings.server.public_url,
                                         wake=self.dispatcher.wake)
+        self.privacy = Privacy(self.db, self.ledger, settings)
+        self.joins = JoinService(self.db, self.ledger, self.links, self.tokens, self.campaigns,
+                                 settings.server.public_url, wake=self.dispatcher.wake)
 
     async def start(self) -> None:
         """Migrate, sync campaigns, recover from a previous crash."""
