@@ -45,6 +45,7 @@ __all__ = [
     "eventually",
     "free_port",
     "numbers",
+    "run_cli",
     "write_config",
 ]
 
@@ -77,6 +78,17 @@ def write_config(path: Path, *, db_path: Path | None = None, storage_url: str | 
                                 jane_email=None, auditor=False, bob=False, dispatch=dispatch),
                     encoding="utf-8")
     return path
+
+
+async def run_cli(*args: str, stdin: bytes | None = None,
+                  cwd: Path | None = None) -> tuple[int, str, str]:
+    """Run ``consentgate *args`` to its end: its exit status, standard output and error."""
+    proc = await asyncio.create_subprocess_exec(
+        CONSENTGATE, *args, cwd=cwd, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(stdin or b""), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
 
 
 def db_rows(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
