@@ -343,6 +343,8 @@ async def _send(gw: Gateway, args: argparse.Namespace) -> int:
 async def _broadcast(gw: Gateway, args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from consentgate.bot.outbox import MessageStatus
+
     campaign = _campaign(gw.settings, args.campaign)
     actor = _actor(campaign, args.as_, change=not args.dry_run)
     result = await gw.broadcasts.create(campaign.slug, gw.rules[campaign.slug]
@@ -361,7 +363,7 @@ async def _broadcast(gw: Gateway, args: argparse.Namespace) -> int:
         while True:
             view = await gw.broadcasts.view(campaign.slug, result["id"])
             c = view["counts"]
-            done = total - c["queued"] - c["sending"]
+            done = total - c[MessageStatus.QUEUED] - c[MessageStatus.SENDING]
             bar.update(task, completed=done, detail=" ".join(
                 f"{k}={v}" for k, v in c.items() if v))
             if view["status"] in ("done", "cancelled", "paused"):

@@ -36,6 +36,7 @@ from consentgate.adapters.base import (
     RetryableSendError,
     SendError,
 )
+from consentgate.adapters.pacing import Pacer, SendBudget
 from consentgate.bot import outbox
 from consentgate.bot.addresses import mask
 from consentgate.bot.broadcasts import pause_if_failing
@@ -43,8 +44,7 @@ from consentgate.bot.compose import Composer
 from consentgate.bot.gate import Admission, ConsentGate
 from consentgate.bot.ledger import Ledger
 from consentgate.bot.metrics import Metrics
-from consentgate.bot.outbox import Claimed
-from consentgate.bot.ratelimit import Pacer, SendBudget
+from consentgate.bot.outbox import Claimed, MessageStatus
 from consentgate.storage.db import Database
 
 __all__ = ["Dispatcher"]
@@ -281,7 +281,7 @@ class Dispatcher:
                 self._free_slots((c.campaign, c.channel))
         for c, reason in admission.refused:
             self.metrics.gate_refusals.labels(c.channel, reason.value).inc()
-            self.metrics.messages.labels(c.channel, "blocked").inc()
+            self.metrics.messages.labels(c.channel, MessageStatus.BLOCKED).inc()
             _log.info("message.blocked", campaign=c.campaign, channel=c.channel,
                       message_id=c.id, reason=reason.value, to=mask(c.address))
         for c, permit in admission.permitted:
@@ -389,7 +389,7 @@ class Dispatcher:
         """Metrics and log lines of a committed batch's sends."""
         sent = Counter(r.claimed.channel for r in batch if r.error is None)
         for channel, n in sent.items():
-            self.metrics.messages.labels(channel, "sent").inc(n)
+            self.metrics.messages.labels(channel, MessageStatus.SENT).inc(n)
         for r in batch:
             c = r.claimed
             if r.error is None:
@@ -402,13 +402,13 @@ class Dispatcher:
         if isinstance(error, RetryableSendError):
             status = await outbox.mark_retry(conn, c.id, c.attempts + 1, error.reason,
                                              error.retry_after, self.retry_base_seconds)
-            log.warning("message.retry" if status == "queued" else "message.failed",
+            log.warning("message.retry" if status == MessageStatus.QUEUED else "message.failed",
                         attempts=c.attempts + 1)
-            if status == "failed":
-                self.metrics.messages.labels(c.channel, "failed").inc()
+            if status == MessageStatus.FAILED:
+                self.metrics.messages.labels(c.channel, MessageStatus.FAILED).inc()
             return
         await outbox.mark_failed(conn, c.id, error.reason, error.detail)
-        self.metrics.messages.labels(c.channel, "failed").inc()
+        self.metrics.messages.labels(c.channel, MessageStatus.FAILED).inc()
         log.warning("message.failed")
         if isinstance(error, RecipientRefused):
             # The provider says this person does not want this: never try them again.

@@ -38,6 +38,7 @@ from consentgate.bot.errors import GatewayError
 from consentgate.bot.keywords import Intent, classify
 from consentgate.bot.ledger import Ledger
 from consentgate.bot.metrics import Metrics
+from consentgate.bot.outbox import MessageStatus
 from consentgate.bot.tokens import TokenError, Tokens
 from consentgate.storage.db import Database
 from consentgate.storage.models import inbound_messages, messages, processed_events, subscriptions
@@ -383,8 +384,9 @@ class UnsubscribeService:
                 return
             await conn.execute(
                 update(m).where(m.c.id == row.id,
-                                m.c.status.in_(("sending", "sent", "delivered")))
-                .values(status="failed", reason="hard_bounce", last_error=detail[:1000],
+                                m.c.status.in_((MessageStatus.SENDING, MessageStatus.SENT,
+                                                MessageStatus.DELIVERED)))
+                .values(status=MessageStatus.FAILED, reason="hard_bounce", last_error=detail[:1000],
                         updated_at=time.time(), lease_owner=None, lease_expires=None))
             if row.address is not None:
                 await self.ledger.record_opt_out(
