@@ -49,7 +49,8 @@ def _failure_figures(counts: dict[str, int]) -> tuple[int, int]:
                     + failed)
 
 
-async def pause_if_failing(conn: AsyncConnection, broadcast_id: int) -> bool:
+async def pause_if_failing(conn: AsyncConnection, broadcast_id: int,
+                           after_attempts: int = PAUSE_AFTER_ATTEMPTS) -> bool:
     """Pause the broadcast if its failures broke the rule above (in the caller's
     transaction): its queued messages are held, including those a dispatcher has claimed
     but not yet taken to the gate. Returns True if it was paused now. On a paused broadcast
@@ -70,7 +71,7 @@ async def pause_if_failing(conn: AsyncConnection, broadcast_id: int) -> bool:
         return False
     failed, attempted = _failure_figures(await outbox.counts_by_status(
         conn, broadcast_id, dispatched_since=b.resumed_at))
-    if attempted < PAUSE_AFTER_ATTEMPTS or failed <= PAUSE_FAILURE_RATE * attempted:
+    if attempted < after_attempts or failed <= PAUSE_FAILURE_RATE * attempted:
         return False
     now = time.time()
     await conn.execute(update(broadcasts).where(broadcasts.c.id == broadcast_id)
@@ -105,8 +106,10 @@ def _eligible(campaign: str, channel: str) -> Any:
 
 
 class BroadcastService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *,
+                 pause_after_attempts: int = PAUSE_AFTER_ATTEMPTS) -> None:
         self.db = db
+        self.pause_after_attempts = pause_after_attempts
 
     async def audience(self, campaign: str, channel: str) -> dict[str, Any]:
         reason = _exclusion_reason().label("reason")
@@ -214,7 +217,7 @@ class BroadcastService:
             paused = {"paused": {
                 "reason": "too_many_failures", "failed": failed, "attempted": attempted,
                 "detail": f"{failed} of {attempted} messages{since} failed, over "
-                          f"{PAUSE_FAILURE_RATE:.0%} after at least {PAUSE_AFTER_ATTEMPTS}; "
+                          f"{PAUSE_FAILURE_RATE:.0%} after at least {self.pause_after_attempts}; "
                           "the rest are held until the broadcast is resumed or cancelled"}}
         elif (b.status == "enqueuing"
               or counts[MessageStatus.QUEUED] + counts[MessageStatus.SENDING] > 0):

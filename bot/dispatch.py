@@ -39,7 +39,7 @@ from consentgate.adapters.base import (
 from consentgate.adapters.pacing import Pacer, SendBudget
 from consentgate.bot import outbox
 from consentgate.bot.addresses import mask
-from consentgate.bot.broadcasts import pause_if_failing
+from consentgate.bot.broadcasts import PAUSE_AFTER_ATTEMPTS, pause_if_failing
 from consentgate.bot.compose import Composer
 from consentgate.bot.gate import Admission, ConsentGate
 from consentgate.bot.ledger import Ledger
@@ -94,6 +94,7 @@ class Dispatcher:
         poll_interval: float = 0.25,
         retry_base_seconds: float = 1.0,
         pacer_factory: Callable[[ChannelAdapter], SendBudget] | None = None,
+        pause_after_attempts: int = PAUSE_AFTER_ATTEMPTS,
     ) -> None:
         self.db = db
         self.gate = gate
@@ -106,6 +107,7 @@ class Dispatcher:
         self.lookahead = lookahead_seconds
         self.poll_interval = poll_interval
         self.retry_base_seconds = retry_base_seconds
+        self.pause_after_attempts = pause_after_attempts
         self._slots = asyncio.Semaphore(max_in_flight)
         # Per adapter instance (it owns the connection pool; lanes sharing one share it):
         # no more messages admitted than it has connections, so none waits for one.
@@ -381,7 +383,7 @@ class Dispatcher:
                 await self._record_error(conn, r.claimed, r.error)
         for broadcast_id in sorted({r.claimed.broadcast_id for r in batch if r.error
                                     is not None and r.claimed.broadcast_id is not None}):
-            if await pause_if_failing(conn, broadcast_id):
+            if await pause_if_failing(conn, broadcast_id, self.pause_after_attempts):
                 _log.warning("broadcast.paused", broadcast_id=broadcast_id,
                              reason="too_many_failures")
 

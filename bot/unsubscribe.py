@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consentgate.adapters.base import InboundEvent
 from consentgate.bot.addresses import mask, normalise_address
-from consentgate.bot.broadcasts import pause_if_failing
+from consentgate.bot.broadcasts import PAUSE_AFTER_ATTEMPTS, pause_if_failing
 from consentgate.bot.config import CampaignSettings, ConfigError
 from consentgate.bot.consent import Status
 from consentgate.bot.errors import GatewayError
@@ -178,8 +178,10 @@ class MailListeners:
 class UnsubscribeService:
     def __init__(self, db: Database, ledger: Ledger, metrics: Metrics,
                  campaigns: dict[str, CampaignSettings], tokens: Tokens,
-                 mail_tokens: MailTokens) -> None:
+                 mail_tokens: MailTokens, *,
+                 pause_after_attempts: int = PAUSE_AFTER_ATTEMPTS) -> None:
         self.db = db
+        self.pause_after_attempts = pause_after_attempts
         self.ledger = ledger
         self.metrics = metrics
         self.campaigns = campaigns
@@ -395,7 +397,7 @@ class UnsubscribeService:
                     every_campaign=True, suppression_reason="hard_bounce")
                 self.metrics.opt_outs.labels(_CHANNEL, "bounce").inc()
             if row.broadcast_id is not None:
-                await pause_if_failing(conn, int(row.broadcast_id))
+                await pause_if_failing(conn, int(row.broadcast_id), self.pause_after_attempts)
             log.info("email.hard_bounce")
 
 

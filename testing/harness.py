@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from consentgate.bot.broadcasts import PAUSE_AFTER_ATTEMPTS
 from consentgate.bot.config import Settings, parse_config
 from consentgate.bot.gateway import Gateway
 from consentgate.bot.web.app import create_app
@@ -212,13 +213,15 @@ domain = "{inbound_domain}"
 @contextlib.asynccontextmanager
 async def running_gateway(db_url: str, *, rate: float = 200.0, twilio_latency: float = 0.0,
                           dispatch: bool = True, telegram: FakeTelegram | None = None,
+                          pause_after_attempts: int = PAUSE_AFTER_ATTEMPTS,
                           **kwargs: Any) -> AsyncIterator[Harness]:
     async with FakeTwilio(account_sid=JANE_SID, auth_token=JANE_AUTH,
                           credentials={BOB_SID: BOB_AUTH}) as twilio:
         twilio.latency = twilio_latency
         settings = settings_for(db_url, twilio.base_url, rate=rate, telegram=telegram,
                                 **kwargs)
-        gateway = Gateway(settings, lease_seconds=30.0)
+        gateway = Gateway(settings, lease_seconds=30.0,
+                          pause_after_attempts=pause_after_attempts)
         await gateway.start()
         if gateway.mail_listeners is not None:
             await gateway.mail_listeners.start()

@@ -16,7 +16,7 @@ import socket
 import sqlite3
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from contextlib import closing
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +35,7 @@ from consentgate.testing.harness import (
     SECRET,
     config_text,
 )
+from consentgate.testing.waiting import eventually
 
 __all__ = [
     "CONSENTGATE",
@@ -96,20 +97,6 @@ def db_rows(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[sqlit
     with closing(sqlite3.connect(db_path, timeout=30)) as conn:
         conn.row_factory = sqlite3.Row
         return list(conn.execute(sql, params))
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], *,
-                     timeout: float = 30.0,  # noqa: ASYNC109 - a deadline is its point
-                     interval: float = 0.05, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy; its last value on success."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached within {timeout} s (last: {value!r})")
-        await asyncio.sleep(interval)
 
 
 class GatewayProcess:

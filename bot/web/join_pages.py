@@ -6,14 +6,13 @@ The work is :class:`bot.join.JoinService`'s; these handlers read the form and pi
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from consentgate.bot.errors import NotFound
 from consentgate.bot.join import JoinService, LinkGone, RateLimited
+from consentgate.bot.templating import templates as _templates
 from consentgate.bot.tokens import TokenError
 from consentgate.bot.web.common import GATEWAY
 
@@ -21,11 +20,6 @@ __all__ = ["JOIN", "add_routes", "render"]
 
 JOIN = web.AppKey("join", JoinService)
 
-_templates = Environment(
-    loader=FileSystemLoader(str(Path(__file__).parent / "templates")),
-    autoescape=select_autoescape(default=True, default_for_string=True),
-    trim_blocks=True, lstrip_blocks=True,
-)
 
 # No script, no framing, forms post only here, nothing cached or passed on as a referrer.
 _PAGE_HEADERS = {

@@ -11,12 +11,11 @@ import re
 import shutil
 import socket
 import subprocess
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiosmtplib
@@ -29,13 +28,12 @@ from consentgate.bot.broadcasts import HELD_UNTIL
 from consentgate.storage.models import messages
 from consentgate.testing.fakes.smtp_server import ReceivedMail, SmtpSink
 from consentgate.testing.harness import JANE, PUBLIC_URL, Harness, running_gateway, smtp_section
+from consentgate.testing.waiting import eventually
 
 FROM = "Jane Doe <jane@example.org>"
 DOMAIN = "reply.example.org"
 IMPRINT = "Promoted by Jane Doe, 1 Example Road, London"
 VOTER = "voter@example.com"
-
-T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -67,18 +65,6 @@ async def sink() -> AsyncIterator[SmtpSink]:
 async def mail(sqlite_url: str, sink: SmtpSink) -> AsyncIterator[Harness]:
     async with email_gateway(sqlite_url, sink) as h:
         yield h
-
-
-async def eventually(check: Callable[[], Awaitable[T]], within: float = 10.0) -> T:
-    """Poll ``check`` until it returns something truthy, or fail at the deadline."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {within} s: last saw {result!r}")
-        await asyncio.sleep(0.02)
 
 
 async def send_email(h: Harness, to: str, text: str = "Polling day is Thursday.",
@@ -122,7 +108,7 @@ async def broadcast_done(h: Harness, broadcast_id: int,
         status, body = await h.api("GET", f"/api/v1/broadcasts/{broadcast_id}")
         assert status == 200, body
         return dict(body) if body["status"] in statuses else None
-    return await eventually(finished, within=20.0)
+    return await eventually(finished, timeout=20.0)
 
 
 def one_click_url(mail: ReceivedMail) -> str:
