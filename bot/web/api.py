@@ -1,4 +1,4 @@
-"""The operators' HTTP API under ``/api/v1`` (see CONTRACT.md). Thin: parse, authorise,
+"""The operators' HTTP API under ``/api/v1`` (see README.md). Thin: parse, authorise,
 call a service, answer JSON."""
 
 from __future__ import annotations
