@@ -385,17 +385,22 @@ async def _broadcast(gw: Gateway, args: argparse.Namespace) -> int:
     return 0
 
 
-@command("import", "import consents from CSV (channel,address,method,source,evidence)",
-         CAMPAIGN, AS, arg("file"))
 async def _import(gw: Gateway, args: argparse.Namespace) -> int:
-    from consentgate.bot.imports import import_consents
+    """``import`` (consents) and ``suppressions import`` (opt-outs): a CSV file in, the
+    import's report (taken and refused rows) out."""
+    from consentgate.bot.imports import import_consents, import_opt_outs
 
+    consents = args.command == "import"
     campaign = _campaign(gw.settings, args.campaign)
-    data = await _on_file("read", args.file, Path.read_bytes)
-    report = await import_consents(gw.db, gw.ledger, campaign,
-                                   _actor(campaign, args.as_), data)
+    data = await _on_file("read" if consents else "use", args.file, Path.read_bytes)
+    report = await (import_consents if consents else import_opt_outs)(
+        gw.db, gw.ledger, campaign, _actor(campaign, args.as_), data)
     _print_json(report.as_dict())
     return 0
+
+
+command("import", "import consents from CSV (channel,address,method,source,evidence)",
+        CAMPAIGN, AS, arg("file"))(_import)
 
 
 @command("explain", "why we can or cannot message this address, with its history",
@@ -539,17 +544,8 @@ command("subject restrict", "keep the data but send nothing (--lift to undo)", *
         arg("--lift", action="store_true", help="lift the restriction"))(_subject)
 
 
-@command("suppressions import", "opt-outs from another platform (CSV: channel,address,reason)",
-         CAMPAIGN, AS, arg("file"))
-async def _suppressions_import(gw: Gateway, args: argparse.Namespace) -> int:
-    from consentgate.bot.imports import import_opt_outs
-
-    campaign = _campaign(gw.settings, args.campaign)
-    data = await _on_file("use", args.file, Path.read_bytes)
-    report = await import_opt_outs(gw.db, gw.ledger, campaign,
-                                   _actor(campaign, args.as_), data)
-    _print_json(report.as_dict())
-    return 0
+command("suppressions import", "opt-outs from another platform (CSV: channel,address,reason)",
+        CAMPAIGN, AS, arg("file"))(_import)
 
 
 @command("suppressions export", "this campaign's opt-outs and suppressions as CSV",

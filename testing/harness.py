@@ -24,6 +24,7 @@ from consentgate.bot.web.app import create_app
 from consentgate.testing.fakes.telegram_api import FakeTelegram
 from consentgate.testing.fakes.twilio_api import FakeTwilio
 from consentgate.testing.fakes.twilio_webhooks import inbound_sms_form, post_signed
+from consentgate.testing.waiting import eventually
 
 PUBLIC_URL = "https://gateway.example.org"
 SECRET = "test-secret-key-0123456789-abcdefghijkl"
@@ -173,6 +174,29 @@ class Harness:
             "channel": channel, "address": address, "method": "paper_form",
             "source": source, "evidence": "signed form"}, token=token)
         assert status == 201, body
+
+    async def import_consents(self, addresses: list[str], channel: str = "sms") -> None:
+        """Record consent for every address with one CSV import (in that order); all of
+        them must be taken."""
+        rows = "".join(f"{channel},{a},paper_form,street stall,signed form {i}\n"
+                       for i, a in enumerate(addresses))
+        status, body = await self.api("POST", "/api/v1/consents/import",
+                                      raw="channel,address,method,source,evidence\n" + rows,
+                                      headers={"Content-Type": "text/csv"})
+        assert status == 200 and body == {"imported": len(addresses), "rejected": []}, body
+
+    async def send_and_wait(self, to: str, text: str, channel: str = "sms") -> int:
+        """Queue one message through the API and wait until it is ``sent``; its id."""
+        status, body = await self.api("POST", "/api/v1/messages",
+                                      {"channel": channel, "to": to, "text": text})
+        assert status == 202, body
+        message_id = int(body["id"])
+
+        async def sent() -> bool:
+            _, view = await self.api("GET", f"/api/v1/messages/{message_id}")
+            return bool(view["status"] == "sent")
+        await eventually(sent, what=f"message {message_id} sent")
+        return message_id
 
     async def sms_in(self, from_: str, body: str, *, campaign: str = JANE,
                      auth_token: str = JANE_AUTH, to: str = JANE_NUMBER,

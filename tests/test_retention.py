@@ -39,22 +39,11 @@ async def _age(gw: Harness, address: str, seconds: float) -> None:
                                .values({col: table.c[col] - seconds}))
 
 
-async def _sent(gw: Harness, to: str, text: str) -> None:
-    status, body = await gw.api("POST", "/api/v1/messages",
-                                {"channel": "sms", "to": to, "text": text})
-    assert status == 202, body
-
-    async def done() -> bool:
-        _, view = await gw.api("GET", f"/api/v1/messages/{body['id']}")
-        return bool(view["status"] == "sent")
-    await eventually(done, what="message sent")
-
-
 async def test_retention_pseudonymises_exactly_the_stale_ones(gw: Harness) -> None:
     for address in (FRESH, STALE, STALE_OPTED_OUT, STALE_STOPALL):
         await gw.subscribe(address)
-    await _sent(gw, FRESH, "Hello fresh")
-    await _sent(gw, STALE, "Hello stale")
+    await gw.send_and_wait(FRESH, "Hello fresh")
+    await gw.send_and_wait(STALE, "Hello stale")
     await gw.sms_in(STALE, "Good luck Jane")
     await gw.sms_in(STALE_OPTED_OUT, "STOP")
     await gw.sms_in(STALE_STOPALL, "STOPALL")

@@ -61,14 +61,6 @@ def sent_to_people(h: Harness) -> list[str]:
     return [sms.to for sms in h.twilio.messages if sms.to != PROBE]
 
 
-async def import_people(h: Harness, people: list[str]) -> None:
-    csv = "channel,address,method,source,evidence\n" + "".join(
-        f"sms,{p},paper_form,street stall,signed form {i}\n" for i, p in enumerate(people))
-    status, report = await h.api("POST", "/api/v1/consents/import", raw=csv,
-                                 headers={"Content-Type": "text/csv"})
-    assert status == 200 and report == {"imported": len(people), "rejected": []}, report
-
-
 async def view(h: Harness, broadcast_id: int) -> dict[str, Any]:
     status, body = await h.api("GET", f"/api/v1/broadcasts/{broadcast_id}")
     assert status == 200, body
@@ -92,7 +84,7 @@ async def held_addresses(h: Harness, broadcast_id: int) -> list[str]:
 async def paused_broadcast(h: Harness) -> tuple[int, list[str]]:
     """A broadcast to PEOPLE that paused itself; returns its id and the held addresses (in
     the order they would be sent). The fake accepts every number again afterwards."""
-    await import_people(h, PEOPLE)
+    await h.import_consents(PEOPLE)
     h.twilio.invalid.update(PEOPLE)
     status, body = await h.api("POST", "/api/v1/broadcasts",
                                {"channel": "sms", "text": "Polling day is Thursday"})

@@ -94,14 +94,6 @@ async def subscriber(h: Harness, address: str) -> dict[str, Any]:
     return dict(body)
 
 
-async def import_subscribers(h: Harness, addresses: list[str]) -> None:
-    rows = "".join(f"email,{a},paper_form,street stall,signed form\n" for a in addresses)
-    status, body = await h.api("POST", "/api/v1/consents/import",
-                               raw="channel,address,method,source,evidence\n" + rows,
-                               headers={"Content-Type": "text/csv"})
-    assert status == 200 and body["imported"] == len(addresses), body
-
-
 async def broadcast_done(h: Harness, broadcast_id: int,
                          statuses: tuple[str, ...] = ("done",)) -> dict[str, Any]:
     async def finished() -> dict[str, Any] | None:
@@ -406,7 +398,7 @@ async def test_a_4xx_at_rcpt_is_retried_later_and_suppresses_nothing(
 
 async def test_a_broadcast_reaches_only_the_subscribed(mail: Harness, sink: SmtpSink) -> None:
     everyone = [f"person{n}@example.com" for n in range(7)]
-    await import_subscribers(mail, everyone)
+    await mail.import_consents(everyone, "email")
     status, _ = await mail.api("POST", "/api/v1/opt-outs", {
         "channel": "email", "address": everyone[1], "reason": "asked at the door"})
     assert status == 201
@@ -463,7 +455,7 @@ async def test_an_unsubscribe_during_a_broadcast_stops_every_later_send(
     others = [f"person{n}@example.com" for n in range(30)]
     async with HoldingSink(hold=VOTER) as sink, email_gateway(sqlite_url, sink,
                                                               rate=20.0) as h:
-        await import_subscribers(h, [VOTER, *others])  # VOTER's message goes first
+        await h.import_consents([VOTER, *others], "email")  # VOTER's message goes first
         first = await h.api("POST", "/api/v1/broadcasts", {"channel": "email", "text": "One"})
         second = await h.api("POST", "/api/v1/broadcasts", {"channel": "email", "text": "Two"})
         single = await send_email(h, VOTER, text="Three")
@@ -492,7 +484,7 @@ async def test_too_many_failures_pause_a_broadcast_and_hold_the_rest(
     everyone = [f"person{n:03d}@example.com" for n in range(300)]
     sink.refuse.update(everyone[::10])  # 10% hard bounces: a stale list
     async with email_gateway(sqlite_url, sink, rate=100.0) as h:
-        await import_subscribers(h, everyone)
+        await h.import_consents(everyone, "email")
         status, body = await h.api("POST", "/api/v1/broadcasts",
                                    {"channel": "email", "text": "Polling day!"})
         assert status == 202, body

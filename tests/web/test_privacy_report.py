@@ -10,30 +10,19 @@ from pathlib import Path
 
 from consentgate.storage import models
 from consentgate.testing.harness import BOB_TOKEN, JANE, JANE_AUDITOR, Harness
-from tests.procs import eventually, run_cli, write_config
+from tests.procs import run_cli, write_config
 
 A, B, C, D = "+447911000011", "+447911000012", "+447911000013", "+447911000014"
 CSV = {"Content-Type": "text/csv"}
-
-
-async def _sent(gw: Harness, to: str, text: str) -> None:
-    status, body = await gw.api("POST", "/api/v1/messages",
-                                {"channel": "sms", "to": to, "text": text})
-    assert status == 202, body
-
-    async def done() -> bool:
-        _, view = await gw.api("GET", f"/api/v1/messages/{body['id']}")
-        return bool(view["status"] == "sent")
-    await eventually(done, what="message sent")
 
 
 async def test_the_report_traces_every_message_and_counts_opt_outs_and_rights(
         gw: Harness) -> None:
     for n in (A, B, C, D):
         await gw.subscribe(n)
-    await _sent(gw, A, "one")
-    await _sent(gw, B, "two")
-    await _sent(gw, C, "three")
+    await gw.send_and_wait(A, "one")
+    await gw.send_and_wait(B, "two")
+    await gw.send_and_wait(C, "three")
     await gw.sms_in(A, "STOP")
     await gw.sms_in(B, "Stop texting me please")
     await gw.api("POST", "/api/v1/opt-outs", {"channel": "sms", "address": C})
