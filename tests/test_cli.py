@@ -28,9 +28,20 @@ from tests.procs import (
 
 
 def _config(tmp_path: Path, twilio_url: str = "http://127.0.0.1:9",
-            port: int | None = None) -> Path:
+            port: int | None = None, storage_url: str | None = None,
+            rate: float = 1000) -> Path:
     return write_config(tmp_path / "config.toml", db_path=tmp_path / "cg.db",
-                        twilio_url=twilio_url, port=port or free_port(), rate=1000)
+                        storage_url=storage_url, twilio_url=twilio_url,
+                        port=port or free_port(), rate=rate)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each database the gateway runs on: how a dispatcher is seen differs (SQLite's
+    single-process lock, PostgreSQL's leases)."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'cg.db'}"
+    return str(request.getfixturevalue("pg_url"))
 
 
 def _consents(tmp_path: Path, addresses: list[str]) -> Path:
@@ -117,12 +128,12 @@ def test_a_closed_pipe_under_a_shell_pipeline_leaves_no_traceback(tmp_path: Path
 
 @pytest.mark.slow
 async def test_a_waiting_broadcast_says_when_nothing_is_dispatching_and_keeps_waiting(
-        tmp_path: Path) -> None:
+        tmp_path: Path, storage_url: str) -> None:
     audience = numbers(5)
     port = free_port()
     async with (FakeTwilio(account_sid=JANE_SID, auth_token=JANE_AUTH) as fake,
                 Launcher(tmp_path) as launch):
-        config = _config(tmp_path, fake.base_url, port)
+        config = _config(tmp_path, fake.base_url, port, storage_url)
         status, _, err = await run_cli("import", str(_consents(tmp_path, audience)),
                                        "--config", str(config))
         assert status == 0, err
@@ -151,7 +162,7 @@ async def test_a_waiting_broadcast_says_when_nothing_is_dispatching_and_keeps_wa
 
 @pytest.mark.slow
 async def test_a_waiting_broadcast_stays_quiet_while_serve_is_dispatching(
-        tmp_path: Path) -> None:
+        tmp_path: Path, storage_url: str) -> None:
     """``serve`` is up but the sender is slow (one message every 8 s): the queued messages
     are due and see no progress for longer than the look-out period, and still the wait
     must not cry wolf."""
@@ -159,8 +170,7 @@ async def test_a_waiting_broadcast_stays_quiet_while_serve_is_dispatching(
     port = free_port()
     async with (FakeTwilio(account_sid=JANE_SID, auth_token=JANE_AUTH) as fake,
                 Launcher(tmp_path) as launch):
-        config = write_config(tmp_path / "config.toml", db_path=tmp_path / "cg.db",
-                              twilio_url=fake.base_url, port=port, rate=0.125)
+        config = _config(tmp_path, fake.base_url, port, storage_url, rate=0.125)
         status, _, err = await run_cli("import", str(_consents(tmp_path, audience)),
                                        "--config", str(config))
         assert status == 0, err
