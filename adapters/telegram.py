@@ -38,7 +38,6 @@ import json
 import re
 import time
 import warnings
-from collections import deque
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -70,6 +69,7 @@ from consentgate.adapters.base import (
     SendError,
     SendResult,
 )
+from consentgate.adapters.pacing import ChatPacer
 
 __all__ = [
     "ALLOWED_UPDATES",
@@ -97,8 +97,6 @@ INVITE_LINK_NAME_MAX = 32
 #: Telegram's member_limit range for invite links.
 _MEMBER_LIMIT_RANGE = range(1, 100_000)
 
-_GROUP_WINDOW_SECONDS = 60.0
-
 #: HTTP connections to the Bot API (everything but getUpdates). Messages may use all but
 #: :data:`_OTHER_CALLS` of them at once (``max_concurrency``): the rest are for the bot's other
 #: calls (join requests, button answers, invite links), so a send finds a free connection.
@@ -124,53 +122,6 @@ class BotIdentity:
     id: int
     username: str
     first_name: str
-
-
-class _ChatPacer:
-    """Send slots per chat: ``interval`` seconds apart in every chat, and at most
-    ``group_per_minute`` in any 60 seconds for a group or channel (negative chat id).
-
-    Slots are reserved without awaiting, so concurrent senders to one chat queue up in order
-    and senders to different chats never wait for each other.
-    """
-
-    def __init__(self, interval: float, group_per_minute: int) -> None:
-        self._interval = interval
-        self._group_limit = group_per_minute
-        self._next_free: dict[int, float] = {}
-        self._group_slots: dict[int, deque[float]] = {}
-        self._prune_above = 4096
-
-    def next_slot(self, chat_id: int, now: float) -> float:
-        """The earliest moment a message to ``chat_id`` may go, reserving nothing."""
-        slot = max(now, self._next_free.get(chat_id, now))
-        recent = self._group_slots.get(chat_id)
-        if recent is not None and len(recent) >= self._group_limit:
-            slot = max(slot, recent[0] + _GROUP_WINDOW_SECONDS)
-        return slot
-
-    def reserve(self, chat_id: int, slot: float, now: float) -> None:
-        self._next_free[chat_id] = slot + self._interval
-        if chat_id < 0 and self._group_limit > 0:
-            recent = self._group_slots.setdefault(chat_id, deque(maxlen=self._group_limit))
-            recent.append(slot)
-        if len(self._next_free) > self._prune_above:
-            self._prune(now)
-
-    def hold(self, chat_id: int, until: float) -> None:
-        """Telegram asked us to wait: nothing more to this chat before ``until``."""
-        self._next_free[chat_id] = max(self._next_free.get(chat_id, until), until)
-
-    def _prune(self, now: float) -> None:
-        # Forget chats whose constraints have lapsed, so memory follows the active chats.
-        for chat_id in [c for c, free in self._next_free.items() if free <= now]:
-            del self._next_free[chat_id]
-        for chat_id in [
-            c for c, slots in self._group_slots.items()
-            if not slots or slots[-1] + _GROUP_WINDOW_SECONDS <= now
-        ]:
-            del self._group_slots[chat_id]
-        self._prune_above = max(4096, 2 * len(self._next_free))
 
 
 class TelegramChannel:
@@ -200,7 +151,7 @@ class TelegramChannel:
         self.max_concurrency = _POOL_SIZE - _OTHER_CALLS
         self._max_pacing_wait = max_pacing_wait
         self._request_timeout = request_timeout
-        self._pacer = _ChatPacer(per_chat_interval, group_per_minute)
+        self._pacer = ChatPacer(per_chat_interval, group_per_minute)
         self._bot: Bot | None = None
         self._requests: tuple[HTTPXRequest, HTTPXRequest] | None = None
 

@@ -13,19 +13,20 @@ import json
 import time
 from typing import Any
 
-from sqlalchemy import and_, case, func, literal, select, update
+from sqlalchemy import String, and_, case, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consentgate.bot import audit, outbox
 from consentgate.bot.errors import Conflict, Forbidden, NotFound
 from consentgate.bot.ledger import suppressed_clause
 from consentgate.bot.messages import check_text, iso
+from consentgate.bot.outbox import MessageStatus
 from consentgate.storage.db import Database
 from consentgate.storage.models import broadcasts, messages, subscriptions
 
 __all__ = ["BroadcastService", "MESSAGE_STATUSES", "pause_if_failing"]
 
-MESSAGE_STATUSES = ("queued", "sending", "sent", "delivered", "failed", "blocked", "cancelled")
+MESSAGE_STATUSES = tuple(MessageStatus)
 BATCH = 5000
 
 #: A broadcast pauses itself when more than PAUSE_FAILURE_RATE of its messages that reached
@@ -43,11 +44,13 @@ HELD_UNTIL = 253402300799.0  # 9999-12-31T23:59:59Z
 
 
 def _failure_figures(counts: dict[str, int]) -> tuple[int, int]:
-    attempted = counts.get("sent", 0) + counts.get("delivered", 0) + counts.get("failed", 0)
-    return counts.get("failed", 0), attempted
+    failed = counts.get(MessageStatus.FAILED, 0)
+    return failed, (counts.get(MessageStatus.SENT, 0) + counts.get(MessageStatus.DELIVERED, 0)
+                    + failed)
 
 
-async def pause_if_failing(conn: AsyncConnection, broadcast_id: int) -> bool:
+async def pause_if_failing(conn: AsyncConnection, broadcast_id: int,
+                           after_attempts: int = PAUSE_AFTER_ATTEMPTS) -> bool:
     """Pause the broadcast if its failures broke the rule above (in the caller's
     transaction): its queued messages are held, including those a dispatcher has claimed
     but not yet taken to the gate. Returns True if it was paused now. On a paused broadcast
@@ -60,7 +63,7 @@ async def pause_if_failing(conn: AsyncConnection, broadcast_id: int) -> bool:
     if b is not None and b.status == "paused":
         await conn.execute(
             update(messages).where(messages.c.broadcast_id == broadcast_id,
-                                   messages.c.status == "queued",
+                                   messages.c.status == MessageStatus.QUEUED,
                                    messages.c.not_before < HELD_UNTIL)
             .values(not_before=HELD_UNTIL, lease_owner=None, lease_expires=None))
         return False
@@ -68,14 +71,14 @@ async def pause_if_failing(conn: AsyncConnection, broadcast_id: int) -> bool:
         return False
     failed, attempted = _failure_figures(await outbox.counts_by_status(
         conn, broadcast_id, dispatched_since=b.resumed_at))
-    if attempted < PAUSE_AFTER_ATTEMPTS or failed <= PAUSE_FAILURE_RATE * attempted:
+    if attempted < after_attempts or failed <= PAUSE_FAILURE_RATE * attempted:
         return False
     now = time.time()
     await conn.execute(update(broadcasts).where(broadcasts.c.id == broadcast_id)
                        .values(status="paused"))
     held = await conn.execute(
         update(messages).where(messages.c.broadcast_id == broadcast_id,
-                               messages.c.status == "queued")
+                               messages.c.status == MessageStatus.QUEUED)
         .values(not_before=HELD_UNTIL, lease_owner=None, lease_expires=None, updated_at=now))
     await audit.append(conn, b.campaign, "gateway", "broadcast.paused",
                        f"broadcast#{broadcast_id}",
@@ -103,8 +106,10 @@ def _eligible(campaign: str, channel: str) -> Any:
 
 
 class BroadcastService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *,
+                 pause_after_attempts: int = PAUSE_AFTER_ATTEMPTS) -> None:
         self.db = db
+        self.pause_after_attempts = pause_after_attempts
 
     async def audience(self, campaign: str, channel: str) -> dict[str, Any]:
         reason = _exclusion_reason().label("reason")
@@ -167,7 +172,7 @@ class BroadcastService:
         now = time.time()
         chosen = select(
             s.c.campaign, s.c.channel, s.c.address, s.c.address_hash,
-            literal("campaign"), literal("queued"), literal(b.id), literal(0),
+            literal("campaign"), literal(MessageStatus.QUEUED, String), literal(b.id), literal(0),
             literal(b.created_by), literal(now), literal(now), literal(now),
         ).where(_eligible(b.campaign, b.channel), s.c.id > lo, s.c.id <= hi)
         result = await conn.execute(messages.insert().from_select(
@@ -207,10 +212,11 @@ class BroadcastService:
             paused = {"paused": {
                 "reason": "too_many_failures", "failed": failed, "attempted": attempted,
                 "detail": f"{failed} of {attempted} messages{since} failed, over "
-                          f"{PAUSE_FAILURE_RATE:.0%} after at least {PAUSE_AFTER_ATTEMPTS}; "
+                          f"{PAUSE_FAILURE_RATE:.0%} after at least {self.pause_after_attempts}; "
                           "the rest are held until the broadcast is resumed or cancelled"}}
-        elif b.status == "enqueuing" or counts["queued"] + counts["sending"] > 0:
-            progressed = sum(counts.values()) - counts["queued"]
+        elif (b.status == "enqueuing"
+              or counts[MessageStatus.QUEUED] + counts[MessageStatus.SENDING] > 0):
+            progressed = sum(counts.values()) - counts[MessageStatus.QUEUED]
             status = "sending" if progressed else "queued"
         else:
             status = "done"
@@ -218,6 +224,26 @@ class BroadcastService:
                 "eligible": b.eligible, "excluded": json.loads(b.excluded),
                 "created_at": iso(b.created_at), "created_by": b.created_by,
                 "resumed_at": iso(b.resumed_at), **paused}
+
+    async def nothing_dispatching(self, broadcast_id: int) -> bool:
+        """Whether this broadcast has messages due that no process is there to send (no
+        ``serve`` or ``worker`` running): on SQLite none holds the single-process lock; on
+        PostgreSQL, where processes come and go freely, no message anywhere is leased
+        although some of this broadcast's are due. Messages held for quiet hours are not
+        due, so a broadcast waiting for the morning is not taken for a stalled one."""
+        now = time.time()
+        async with self.db.read() as conn:
+            due = (await conn.execute(
+                select(messages.c.id).where(messages.c.broadcast_id == broadcast_id,
+                                            messages.c.status == MessageStatus.QUEUED,
+                                            messages.c.not_before <= now).limit(1))).first()
+            if due is None:
+                return False
+            if self.db.is_sqlite:
+                return not self.db.single_process_claimed()
+            leased = (await conn.execute(
+                select(messages.c.id).where(messages.c.lease_expires > now).limit(1))).first()
+        return leased is None
 
     async def resume(self, campaign: str, broadcast_id: int, actor: str) -> dict[str, Any]:
         """Resume a paused broadcast: its held messages are due again at once (the gate
@@ -241,7 +267,7 @@ class BroadcastService:
                                .values(status=status, resumed_at=now))
             released = await conn.execute(
                 update(messages).where(messages.c.broadcast_id == broadcast_id,
-                                       messages.c.status == "queued",
+                                       messages.c.status == MessageStatus.QUEUED,
                                        messages.c.not_before >= HELD_UNTIL)
                 .values(not_before=now, updated_at=now))
             await audit.append(conn, campaign, actor, "broadcast.resumed",
@@ -261,12 +287,8 @@ class BroadcastService:
                 raise NotFound("broadcast_not_found", "no such broadcast in this campaign")
             await conn.execute(update(broadcasts).where(broadcasts.c.id == broadcast_id)
                                .values(status="cancelled"))
-            result = await conn.execute(
-                update(messages).where(messages.c.broadcast_id == broadcast_id,
-                                       messages.c.status == "queued")
-                .values(status="cancelled", reason="broadcast_cancelled",
-                        updated_at=time.time(), lease_owner=None, lease_expires=None))
-            cancelled = int(result.rowcount or 0)
+            cancelled = await outbox.cancel_queued(
+                conn, messages.c.broadcast_id == broadcast_id, "broadcast_cancelled")
             await audit.append(conn, campaign, actor, "broadcast.cancelled",
                                f"broadcast#{broadcast_id}", {"cancelled": cancelled})
         return {"id": broadcast_id, "status": "cancelled", "cancelled": cancelled}

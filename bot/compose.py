@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import functools
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from consentgate.adapters.base import OutboundMessage
 from consentgate.bot.config import CampaignSettings
 from consentgate.bot.outbox import Claimed
 from consentgate.bot.telegram import consent_buttons
+from consentgate.bot.templating import templates
 from consentgate.bot.tokens import Tokens, TokenSubject
 
 if TYPE_CHECKING:
@@ -32,12 +30,6 @@ _OPT_OUT_HINT = re.compile(
     re.IGNORECASE,
 )
 
-_env = Environment(
-    loader=FileSystemLoader(str(Path(__file__).parent / "templates")),
-    autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
 
 
 @functools.lru_cache(maxsize=256)
@@ -105,8 +97,8 @@ class Composer:
                                    f"reply+{reply}@{inbound.domain}")
         return OutboundMessage(
             str(c.id), c.campaign, c.channel, c.address,
-            _env.get_template("email.txt").render(context),
+            templates.get_template("email.txt").render(context),
             kind=c.kind, subject=subject,
-            html=_env.get_template("email.html").render(context),
+            html=templates.get_template("email.html").render(context),
             headers=headers, envelope_from=envelope_from,
         )

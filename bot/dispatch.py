@@ -36,15 +36,15 @@ from consentgate.adapters.base import (
     RetryableSendError,
     SendError,
 )
+from consentgate.adapters.pacing import Pacer, SendBudget
 from consentgate.bot import outbox
 from consentgate.bot.addresses import mask
-from consentgate.bot.broadcasts import pause_if_failing
+from consentgate.bot.broadcasts import PAUSE_AFTER_ATTEMPTS, pause_if_failing
 from consentgate.bot.compose import Composer
 from consentgate.bot.gate import Admission, ConsentGate
 from consentgate.bot.ledger import Ledger
 from consentgate.bot.metrics import Metrics
-from consentgate.bot.outbox import Claimed
-from consentgate.bot.ratelimit import Pacer, SendBudget
+from consentgate.bot.outbox import Claimed, MessageStatus
 from consentgate.storage.db import Database
 
 __all__ = ["Dispatcher"]
@@ -94,6 +94,7 @@ class Dispatcher:
         poll_interval: float = 0.25,
         retry_base_seconds: float = 1.0,
         pacer_factory: Callable[[ChannelAdapter], SendBudget] | None = None,
+        pause_after_attempts: int = PAUSE_AFTER_ATTEMPTS,
     ) -> None:
         self.db = db
         self.gate = gate
@@ -106,6 +107,7 @@ class Dispatcher:
         self.lookahead = lookahead_seconds
         self.poll_interval = poll_interval
         self.retry_base_seconds = retry_base_seconds
+        self.pause_after_attempts = pause_after_attempts
         self._slots = asyncio.Semaphore(max_in_flight)
         # Per adapter instance (it owns the connection pool; lanes sharing one share it):
         # no more messages admitted than it has connections, so none waits for one.
@@ -281,7 +283,7 @@ class Dispatcher:
                 self._free_slots((c.campaign, c.channel))
         for c, reason in admission.refused:
             self.metrics.gate_refusals.labels(c.channel, reason.value).inc()
-            self.metrics.messages.labels(c.channel, "blocked").inc()
+            self.metrics.messages.labels(c.channel, MessageStatus.BLOCKED).inc()
             _log.info("message.blocked", campaign=c.campaign, channel=c.channel,
                       message_id=c.id, reason=reason.value, to=mask(c.address))
         for c, permit in admission.permitted:
@@ -381,7 +383,7 @@ class Dispatcher:
                 await self._record_error(conn, r.claimed, r.error)
         for broadcast_id in sorted({r.claimed.broadcast_id for r in batch if r.error
                                     is not None and r.claimed.broadcast_id is not None}):
-            if await pause_if_failing(conn, broadcast_id):
+            if await pause_if_failing(conn, broadcast_id, self.pause_after_attempts):
                 _log.warning("broadcast.paused", broadcast_id=broadcast_id,
                              reason="too_many_failures")
 
@@ -389,7 +391,7 @@ class Dispatcher:
         """Metrics and log lines of a committed batch's sends."""
         sent = Counter(r.claimed.channel for r in batch if r.error is None)
         for channel, n in sent.items():
-            self.metrics.messages.labels(channel, "sent").inc(n)
+            self.metrics.messages.labels(channel, MessageStatus.SENT).inc(n)
         for r in batch:
             c = r.claimed
             if r.error is None:
@@ -402,13 +404,13 @@ class Dispatcher:
         if isinstance(error, RetryableSendError):
             status = await outbox.mark_retry(conn, c.id, c.attempts + 1, error.reason,
                                              error.retry_after, self.retry_base_seconds)
-            log.warning("message.retry" if status == "queued" else "message.failed",
+            log.warning("message.retry" if status == MessageStatus.QUEUED else "message.failed",
                         attempts=c.attempts + 1)
-            if status == "failed":
-                self.metrics.messages.labels(c.channel, "failed").inc()
+            if status == MessageStatus.FAILED:
+                self.metrics.messages.labels(c.channel, MessageStatus.FAILED).inc()
             return
         await outbox.mark_failed(conn, c.id, error.reason, error.detail)
-        self.metrics.messages.labels(c.channel, "failed").inc()
+        self.metrics.messages.labels(c.channel, MessageStatus.FAILED).inc()
         log.warning("message.failed")
         if isinstance(error, RecipientRefused):
             # The provider says this person does not want this: never try them again.

@@ -29,7 +29,7 @@ from consentgate.bot.consent import (
     next_send_time,
 )
 from consentgate.bot.ledger import Ledger, suppressed_clause
-from consentgate.bot.outbox import Claimed
+from consentgate.bot.outbox import Claimed, MessageStatus
 from consentgate.storage.models import messages, subscriptions
 
 __all__ = ["Admission", "CampaignRules", "ConsentGate"]
@@ -119,7 +119,7 @@ class ConsentGate:
         allowed: list[int] = []
         for row in rows:
             claimed = by_id[row.id]
-            if row.status != "queued" or row.lease_owner != worker:
+            if row.status != MessageStatus.QUEUED or row.lease_owner != worker:
                 continue  # cancelled (opt-out, broadcast cancel) since it was claimed
             if claimed.kind == "campaign":
                 if resume is not None:
@@ -175,14 +175,14 @@ def _state_of(dialect: str) -> Select[Any]:
 
 _ADMIT = (
     update(messages).where(messages.c.id.in_(bindparam("ids", expanding=True)))
-    .values(status="sending", attempts=messages.c.attempts + 1,
+    .values(status=MessageStatus.SENDING, attempts=messages.c.attempts + 1,
             updated_at=bindparam("m_now"), dispatched_at=bindparam("m_now"),
             lease_expires=bindparam("m_expires"))
 )
 _BLOCK = (
     update(messages).where(messages.c.id == bindparam("m_id"))
-    .values(status="blocked", reason=bindparam("m_reason"), updated_at=bindparam("m_now"),
-            lease_owner=None, lease_expires=None)
+    .values(status=MessageStatus.BLOCKED, reason=bindparam("m_reason"),
+            updated_at=bindparam("m_now"), lease_owner=None, lease_expires=None)
 )
 _DELAY = (
     update(messages).where(messages.c.id == bindparam("m_id"))

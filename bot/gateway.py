@@ -15,7 +15,7 @@ from sqlalchemy import select
 from consentgate.adapters.base import ChannelAdapter
 from consentgate.adapters.log import LogChannel
 from consentgate.bot.audit import AuditLog
-from consentgate.bot.broadcasts import BroadcastService
+from consentgate.bot.broadcasts import PAUSE_AFTER_ATTEMPTS, BroadcastService
 from consentgate.bot.compose import Composer
 from consentgate.bot.config import CampaignSettings, Settings
 from consentgate.bot.dispatch import Dispatcher
@@ -90,7 +90,10 @@ def build_adapter(settings: Settings, campaign: CampaignSettings,
 class Gateway:
     def __init__(self, settings: Settings, *, worker_id: str | None = None,
                  adapters: Mapping[tuple[str, str], ChannelAdapter] | None = None,
-                 lease_seconds: float | None = None) -> None:
+                 lease_seconds: float | None = None,
+                 pause_after_attempts: int = PAUSE_AFTER_ATTEMPTS) -> None:
+        """``pause_after_attempts``: how many messages of a broadcast must have reached the
+        provider before its failure rate can pause it (see :mod:`bot.broadcasts`)."""
         self.settings = settings
         self.campaigns: dict[str, CampaignSettings] = {c.slug: c for c in settings.campaigns}
         self.db = Database(settings.storage.url, pool_size=settings.storage.pool_size)
@@ -121,14 +124,16 @@ class Gateway:
                                      lease_seconds=(settings.dispatch.lease_seconds
                                                     if lease_seconds is None else lease_seconds),
                                      max_in_flight=settings.dispatch.max_in_flight,
-                                     pacer_factory=pacer_factory)
+                                     pacer_factory=pacer_factory,
+                                     pause_after_attempts=pause_after_attempts)
         self.inbound = InboundService(self.db, self.ledger, self.metrics, self.campaigns)
         self.replies = ReplyService(self.db, self.ledger, self.metrics, self.campaigns)
         self.messages = MessageService(self.db, self.gate, self.ledger)
-        self.broadcasts = BroadcastService(self.db)
+        self.broadcasts = BroadcastService(self.db, pause_after_attempts=pause_after_attempts)
         self._lock: IO[bytes] | None = None
         self.unsubscribe = UnsubscribeService(self.db, self.ledger, self.metrics,
-                                              self.campaigns, self.tokens, self.mail_tokens)
+                                              self.campaigns, self.tokens, self.mail_tokens,
+                                              pause_after_attempts=pause_after_attempts)
         #: inbound SMTP listeners ([campaigns.email.inbound]); `serve` starts them
         self.mail_listeners = self.unsubscribe.listeners()
         bots = telegram_bots(self.adapters)

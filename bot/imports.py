@@ -21,11 +21,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import and_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consentgate.adapters.base import CHANNELS
-from consentgate.bot import audit
+from consentgate.bot import audit, outbox
 from consentgate.bot.addresses import normalise_address
 from consentgate.bot.config import CampaignSettings
 from consentgate.bot.consent import CONSENT_METHODS, source_is_denied
@@ -291,12 +291,9 @@ async def import_opt_outs(db: Database, ledger: Ledger, campaign: CampaignSettin
                 [dict(channel=ch, address_hash=h, address=None, reason=reason,
                       campaign=campaign.slug, actor=actor, at=now)
                  for (ch, h), reason in hashed.items()])
-            await conn.execute(
-                update(messages)
-                .where(tuple_(messages.c.channel, messages.c.address_hash).in_(list(hashed)),
-                       messages.c.status == "queued", messages.c.kind != "reply")
-                .values(status="cancelled", reason="suppressed", updated_at=now,
-                        lease_owner=None, lease_expires=None))
+            await outbox.cancel_queued(
+                conn, tuple_(messages.c.channel, messages.c.address_hash).in_(list(hashed)),
+                "suppressed", now=now)
             report.imported += len(hashed)
     seen: set[tuple[str, str]] = set()
     blocks = [plain[i:i + CHUNK] for i in range(0, len(plain), CHUNK)]
@@ -358,12 +355,9 @@ async def _write_opt_outs(conn: AsyncConnection, ledger: Ledger, campaign: str, 
         # One set-based cancel per channel (the rows outbox.cancel_queued_for would cancel
         # one address at a time).
         for ch in {s["channel"] for s in subs}:
-            await conn.execute(
-                update(messages)
-                .where(messages.c.campaign == campaign, messages.c.channel == ch,
-                       messages.c.address_hash.in_(
-                           [s["address_hash"] for s in subs if s["channel"] == ch]),
-                       messages.c.status == "queued", messages.c.kind != "reply")
-                .values(status="cancelled", reason="opted_out", updated_at=now,
-                        lease_owner=None, lease_expires=None))
+            await outbox.cancel_queued(
+                conn, and_(messages.c.campaign == campaign, messages.c.channel == ch,
+                           messages.c.address_hash.in_(
+                               [s["address_hash"] for s in subs if s["channel"] == ch])),
+                "opted_out", now=now)
     return len(chunk)

@@ -24,6 +24,7 @@ from consentgate.bot.errors import GatewayError
 from consentgate.bot.keywords import Intent, classify
 from consentgate.bot.ledger import Ledger
 from consentgate.bot.metrics import Metrics
+from consentgate.bot.outbox import MessageStatus
 from consentgate.bot.versions import consent_text_version
 from consentgate.storage.db import Database
 from consentgate.storage.models import inbound_messages, links, messages, processed_events
@@ -201,14 +202,16 @@ class InboundService:
                 return True
             # Only forward: a late "sent" never hides a "delivered"; an interrupted send
             # that the provider did take is corrected here.
-            movable = or_(m.c.status.in_(("sending", "sent")),
-                          and_(m.c.status == "failed", m.c.reason.in_(("interrupted",
+            movable = or_(m.c.status.in_((MessageStatus.SENDING, MessageStatus.SENT)),
+                          and_(m.c.status == MessageStatus.FAILED, m.c.reason.in_(("interrupted",
                                                                          "timeout",
                                                                          "network"))))
             now = time.time()
             if status in ("sent", "delivered", "read"):
-                new = "delivered" if status in ("delivered", "read") else "sent"
-                cond = movable if new == "delivered" else and_(movable, m.c.status != "sent")
+                new = (MessageStatus.DELIVERED if status in ("delivered", "read")
+                       else MessageStatus.SENT)
+                cond = (movable if new == MessageStatus.DELIVERED
+                        else and_(movable, m.c.status != MessageStatus.SENT))
                 await conn.execute(update(m).where(match, cond).values(
                     status=new, reason=None, provider_id=event.provider_message_id,
                     sent_at=now, updated_at=now, lease_owner=None, lease_expires=None))
@@ -217,7 +220,7 @@ class InboundService:
                 reason = f"twilio_{code}" if code else f"provider_{status}"
                 row = (await conn.execute(select(m.c.id, m.c.address).where(match))).first()
                 await conn.execute(update(m).where(match, movable).values(
-                    status="failed", reason=reason, updated_at=now,
+                    status=MessageStatus.FAILED, reason=reason, updated_at=now,
                     provider_id=event.provider_message_id, lease_owner=None,
                     lease_expires=None))
                 if row is not None and row.address is not None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +39,7 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from consentgate.adapters.pacing import SlidingWindow
 from consentgate.bot import outbox
 from consentgate.bot.addresses import mask, normalise_address
 from consentgate.bot.config import CampaignSettings
@@ -79,38 +79,6 @@ class LinkGone(GatewayError):
 
     status = 410
     title = "Gone"
-
-
-class SlidingWindow:
-    """At most ``limit`` events per key in the last ``window`` seconds, in this process's
-    memory (several processes each keep their own count)."""
-
-    def __init__(self, limit: int, window: float, max_keys: int = 100_000) -> None:
-        self.limit = limit
-        self.window = window
-        self.max_keys = max_keys
-        self._events: dict[str, deque[float]] = {}
-
-    def allow(self, key: str, now: float | None = None) -> bool:
-        """Count one event for ``key``; False (and not counted) when it is over the limit."""
-        now = time.monotonic() if now is None else now
-        if len(self._events) >= self.max_keys:
-            self._prune(now)
-        seen = self._events.setdefault(key, deque())
-        while seen and seen[0] <= now - self.window:
-            seen.popleft()
-        if len(seen) >= self.limit:
-            return False
-        seen.append(now)
-        return True
-
-    def _prune(self, now: float) -> None:
-        for key in [k for k, v in self._events.items() if not v or v[-1] <= now - self.window]:
-            del self._events[key]
-        if len(self._events) >= self.max_keys:
-            # Still full of live keys: forget the oldest half rather than grow without end.
-            for key in list(self._events)[: self.max_keys // 2]:
-                del self._events[key]
 
 
 @dataclass(frozen=True)

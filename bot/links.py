@@ -39,6 +39,7 @@ from consentgate.adapters.telegram import TelegramChannel
 from consentgate.bot import audit
 from consentgate.bot.config import CampaignSettings
 from consentgate.bot.errors import GatewayError, InvalidInput, NotFound
+from consentgate.bot.messages import iso
 from consentgate.storage.db import Database
 from consentgate.storage.models import links
 
@@ -46,7 +47,7 @@ __all__ = [
     "POSTER_SIZES",
     "Link",
     "LinkService",
-    "PosterSize",
+    "link_view",
     "ProviderRefused",
     "ProviderUnavailable",
     "qr_png",
@@ -436,3 +437,23 @@ class LinkService:
                 return False
             raise
 
+
+def link_view(service: LinkService, link: Link) -> dict[str, Any]:
+    """A link as the API and the command line show it (the documented ``id, name, channel,
+    url, joins``, and what else an operator needs to manage it)."""
+    return {
+        "id": link.id,
+        "name": link.name,
+        "channel": link.channel,
+        "url": link.url,
+        "joins": link.joins,
+        "kind": "telegram_invite" if link.is_invite else "join_page",
+        "telegram_chat_id": int(link.telegram_chat_id) if link.telegram_chat_id else None,
+        "telegram_start_url": service.start_url(link),
+        "expires_at": iso(link.expires_at),
+        "member_limit": link.member_limit,
+        "revoked_at": iso(link.revoked_at),
+        "active": link.is_live(),
+        "created_by": link.created_by,
+        "created_at": iso(link.created_at),
+    }

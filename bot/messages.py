@@ -23,6 +23,7 @@ from consentgate.bot.config import CampaignSettings
 from consentgate.bot.errors import Forbidden, InvalidInput, NotFound
 from consentgate.bot.gate import ConsentGate
 from consentgate.bot.ledger import Ledger
+from consentgate.bot.outbox import MessageStatus
 from consentgate.storage.db import Database
 from consentgate.storage.models import idempotency_keys, messages
 
@@ -108,7 +109,7 @@ class MessageService:
                 await audit.append(conn, settings.slug, actor, "message.queued",
                                    audit.subject_for(channel, self.ledger.hash(channel, address)),
                                    {"message_id": message_id})
-                answer = Answer(202, {"id": message_id, "status": "queued"})
+                answer = Answer(202, {"id": message_id, "status": MessageStatus.QUEUED})
             else:
                 assert decision.reason is not None
                 err = Forbidden(decision.reason.value,

@@ -16,8 +16,20 @@ import random
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
-from sqlalchemy import Connection, Integer, Update, and_, bindparam, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Integer,
+    Update,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consentgate.storage.models import broadcasts, messages
@@ -26,7 +38,9 @@ __all__ = [
     "ACTIVE_STATUSES",
     "Claimed",
     "MAX_ATTEMPTS",
+    "MessageStatus",
     "backoff",
+    "cancel_queued",
     "cancel_queued_for",
     "claim_sync",
     "enqueue",
@@ -38,8 +52,23 @@ __all__ = [
     "release_leases",
 ]
 
+
+
+class MessageStatus(StrEnum):
+    """A message's ``status`` (see above). Stored as the plain value, which the members
+    equal, so queries and stored rows read the same with or without the enum."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+    CANCELLED = "cancelled"
+
+
 MAX_ATTEMPTS = 8
-ACTIVE_STATUSES = ("queued", "sending")
+ACTIVE_STATUSES = (MessageStatus.QUEUED, MessageStatus.SENDING)
 
 
 @dataclass(frozen=True)
@@ -73,7 +102,7 @@ async def enqueue(
     result = await conn.execute(
         messages.insert().values(
             campaign=campaign, channel=channel, address=address, address_hash=address_hash,
-            kind=kind, text=text, subject=subject, status="queued", attempts=0,
+            kind=kind, text=text, subject=subject, status=MessageStatus.QUEUED, attempts=0,
             created_by=created_by, created_at=now, updated_at=now,
             not_before=now if not_before is None else not_before,
         ).returning(messages.c.id)
@@ -88,7 +117,8 @@ _DUE = (
     select(messages.c.id)
     .where(messages.c.campaign == bindparam("d_campaign"),
            messages.c.channel == bindparam("d_channel"),
-           messages.c.status == "queued", messages.c.not_before <= bindparam("d_now"),
+           messages.c.status == MessageStatus.QUEUED,
+           messages.c.not_before <= bindparam("d_now"),
            or_(messages.c.lease_expires.is_(None),
                messages.c.lease_expires < bindparam("d_now")))
     .order_by(messages.c.not_before, messages.c.id)
@@ -152,21 +182,32 @@ def _broadcast_texts(conn: Connection, ids: set[int]) -> dict[int, tuple[str, st
     return {r.id: (r.text, r.subject) for r in rows}
 
 
-async def cancel_queued_for(conn: AsyncConnection, campaign: str | None, channel: str,
-                            address_hash: str, reason: str) -> int:
-    """Cancel an address's queued campaign messages (of one campaign, or every campaign
-    when ``campaign`` is None). Leased rows are cancelled too: the gate admits only rows
-    still ``queued``. Replies to the person's own STOP/HELP are left alone."""
-    conds = [messages.c.channel == channel, messages.c.address_hash == address_hash,
-             messages.c.status == "queued", messages.c.kind != "reply"]
-    if campaign is not None:
-        conds.append(messages.c.campaign == campaign)
+async def cancel_queued(conn: AsyncConnection, which: ColumnElement[bool], reason: str, *,
+                        replies: bool = False, now: float | None = None) -> int:
+    """Cancel the queued messages ``which`` selects, with ``reason``, in the caller's
+    transaction; return how many. Leased rows are cancelled too: the gate admits only rows
+    still ``queued``. Replies to a person's own STOP/HELP are left alone unless ``replies``
+    (their address is about to go). Every cancellation of queued work is this statement."""
+    where = and_(which, messages.c.status == MessageStatus.QUEUED)
+    if not replies:
+        where = and_(where, messages.c.kind != "reply")
     result = await conn.execute(
-        update(messages).where(and_(*conds))
-        .values(status="cancelled", reason=reason, updated_at=time.time(),
+        update(messages).where(where)
+        .values(status=MessageStatus.CANCELLED, reason=reason,
+                updated_at=time.time() if now is None else now,
                 lease_owner=None, lease_expires=None)
     )
     return int(result.rowcount or 0)
+
+
+async def cancel_queued_for(conn: AsyncConnection, campaign: str | None, channel: str,
+                            address_hash: str, reason: str) -> int:
+    """Cancel an address's queued campaign messages (of one campaign, or every campaign
+    when ``campaign`` is None); replies to the person's own STOP/HELP are left alone."""
+    which = and_(messages.c.channel == channel, messages.c.address_hash == address_hash)
+    if campaign is not None:
+        which = and_(which, messages.c.campaign == campaign)
+    return await cancel_queued(conn, which, reason)
 
 
 async def mark_sent(conn: AsyncConnection, sent: Iterable[tuple[int, str | None]]) -> None:
@@ -187,9 +228,10 @@ def mark_sent_sync(conn: Connection, sent: Iterable[tuple[int, str | None]]) -> 
 
 _MARK_SENT = (
     update(messages)
-    .where(messages.c.id == bindparam("m_id"), messages.c.status == "sending")
-    .values(status="sent", provider_id=bindparam("m_provider_id"), sent_at=bindparam("m_now"),
-            updated_at=bindparam("m_now"), lease_owner=None, lease_expires=None)
+    .where(messages.c.id == bindparam("m_id"), messages.c.status == MessageStatus.SENDING)
+    .values(status=MessageStatus.SENT, provider_id=bindparam("m_provider_id"),
+            sent_at=bindparam("m_now"), updated_at=bindparam("m_now"), lease_owner=None,
+            lease_expires=None)
 )
 
 
@@ -203,28 +245,28 @@ def backoff(attempts: int, retry_after: float | None = None, base: float = 1.0) 
 
 
 async def mark_retry(conn: AsyncConnection, message_id: int, attempts: int, reason: str,
-                     retry_after: float | None, base: float = 1.0) -> str:
+                     retry_after: float | None, base: float = 1.0) -> MessageStatus:
     """Put a message back in the queue after a transient failure, or fail it for good once
     it has had :data:`MAX_ATTEMPTS`. Returns the new status."""
     now = time.time()
     if attempts >= MAX_ATTEMPTS:
         await mark_failed(conn, message_id, reason, f"gave up after {attempts} attempts")
-        return "failed"
+        return MessageStatus.FAILED
     await conn.execute(
         update(messages)
-        .where(messages.c.id == message_id, messages.c.status == "sending")
-        .values(status="queued", not_before=now + backoff(attempts, retry_after, base),
+        .where(messages.c.id == message_id, messages.c.status == MessageStatus.SENDING)
+        .values(status=MessageStatus.QUEUED, not_before=now + backoff(attempts, retry_after, base),
                 last_error=reason, updated_at=now, lease_owner=None, lease_expires=None)
     )
-    return "queued"
+    return MessageStatus.QUEUED
 
 
 async def mark_failed(conn: AsyncConnection, message_id: int, reason: str,
                       detail: str = "") -> None:
     await conn.execute(
         update(messages)
-        .where(messages.c.id == message_id, messages.c.status == "sending")
-        .values(status="failed", reason=reason, last_error=detail or reason,
+        .where(messages.c.id == message_id, messages.c.status == MessageStatus.SENDING)
+        .values(status=MessageStatus.FAILED, reason=reason, last_error=detail or reason,
                 updated_at=time.time(), lease_owner=None, lease_expires=None)
     )
 
@@ -234,12 +276,12 @@ async def reap_interrupted(conn: AsyncConnection, *, everything: bool = False,
     """Fail the rows left ``sending`` by a process that died mid-call (lease expired, or
     every such row when this is the only process, as on SQLite at start-up)."""
     now = time.time() if now is None else now
-    cond = messages.c.status == "sending"
+    cond = messages.c.status == MessageStatus.SENDING
     if not everything:
         cond = and_(cond, messages.c.lease_expires < now)
     result = await conn.execute(
         update(messages).where(cond)
-        .values(status="failed", reason="interrupted",
+        .values(status=MessageStatus.FAILED, reason="interrupted",
                 last_error="the process stopped during the provider call; not resent",
                 updated_at=now, lease_owner=None, lease_expires=None)
     )
@@ -250,7 +292,7 @@ async def release_leases(conn: AsyncConnection, worker: str | None = None,
                          ids: Sequence[int] | None = None) -> int:
     """Return leased but unsent rows to the queue (graceful shutdown, or start-up of the
     only process)."""
-    cond = and_(messages.c.status == "queued", messages.c.lease_owner.is_not(None))
+    cond = and_(messages.c.status == MessageStatus.QUEUED, messages.c.lease_owner.is_not(None))
     if worker is not None:
         cond = and_(cond, messages.c.lease_owner == worker)
     if ids is not None:

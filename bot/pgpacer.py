@@ -42,7 +42,7 @@ _SENDER_MAX = 200  # rate_buckets.sender is String(200)
 
 
 class SharedPacer:
-    """The same interface as :class:`bot.ratelimit.Pacer` (``take`` / ``give_back``), with
+    """The same interface as :class:`adapters.pacing.Pacer` (``take`` / ``give_back``), with
     the budget kept in the database so it holds across processes and machines."""
 
     def __init__(self, db: Database, sender: str, rate_per_second: float, *,

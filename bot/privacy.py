@@ -38,7 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from consentgate.bot import audit
+from consentgate.bot import audit, outbox
 from consentgate.bot.addresses import normalise_address
 from consentgate.bot.config import CampaignSettings, Settings
 from consentgate.bot.consent import Status
@@ -46,6 +46,7 @@ from consentgate.bot.errors import Conflict, NotFound
 from consentgate.bot.imports import HASH_PREFIX
 from consentgate.bot.ledger import Ledger
 from consentgate.bot.messages import iso
+from consentgate.bot.outbox import ACTIVE_STATUSES, MessageStatus
 from consentgate.storage.db import Database
 from consentgate.storage.models import (
     audit_events,
@@ -75,7 +76,7 @@ _log = structlog.get_logger("consentgate.privacy")
 #: an email (no "@"), not a Telegram id.
 PSEUDONYM_PREFIX = "anon-"
 DAY = 86400.0
-SENT = ("sent", "delivered")
+SENT = (MessageStatus.SENT, MessageStatus.DELIVERED)
 
 
 def is_pseudonym(column: Any) -> Any:
@@ -255,11 +256,9 @@ class Privacy:
             here = and_(theirs, m.c.campaign == slug)
             # Nothing queued for them goes anywhere: here including replies (their address
             # is about to go), elsewhere as a suppression does.
-            cancelled = (await conn.execute(
-                update(m).where(theirs, m.c.status == "queued",
-                                or_(m.c.campaign == slug, m.c.kind != "reply"))
-                .values(status="cancelled", reason="suppressed", updated_at=now,
-                        lease_owner=None, lease_expires=None))).rowcount or 0
+            cancelled = await outbox.cancel_queued(
+                conn, and_(theirs, or_(m.c.campaign == slug, m.c.kind != "reply")),
+                "suppressed", replies=True, now=now)
             # Stored Idempotency-Key answers name the message id (see bot.messages).
             answer = (literal('{"id": ') + cast(m.c.id, String)
                       + literal(', "status": "queued"}'))
@@ -488,13 +487,10 @@ class Privacy:
             m = messages
             # Campaign messages still waiting for a subscriber about to be pseudonymised
             # will never be sent: cancel them while the address still joins.
-            await conn.execute(
-                update(m).where(
-                    m.c.status == "queued",
-                    exists().where(stale_sub, s.c.channel == m.c.channel,
-                                   s.c.address == m.c.address, s.c.campaign == m.c.campaign))
-                .values(status="cancelled", reason="no_consent", updated_at=now,
-                        lease_owner=None, lease_expires=None))
+            await outbox.cancel_queued(
+                conn, exists().where(stale_sub, s.c.channel == m.c.channel,
+                                     s.c.address == m.c.address, s.c.campaign == m.c.campaign),
+                "no_consent", replies=True, now=now)
             subs = (await conn.execute(
                 update(s).where(stale_sub)
                 .values(address=_pseudonym_for(conn, s.c.id), restricted=True,
@@ -508,7 +504,7 @@ class Privacy:
             group_post = and_(m.c.channel == "telegram", m.c.address.like("-%"))
             sent = (await conn.execute(
                 update(m).where(out_of_contact(m), m.c.address.is_not(None),
-                                m.c.status.not_in(("queued", "sending")), not_(group_post))
+                                m.c.status.not_in(ACTIVE_STATUSES), not_(group_post))
                 .values(address=None, text=None, subject=None, last_error=None))
                     ).rowcount or 0
             im = inbound_messages

@@ -20,12 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consentgate.bot import audit
 from consentgate.bot.messages import iso
+from consentgate.bot.outbox import MessageStatus
 from consentgate.storage.db import Database
 from consentgate.storage.models import audit_events, consent_events, inbound_messages, messages
 
 __all__ = ["RIGHTS_ACTIONS", "compliance_report"]
 
-SENT = ("sent", "delivered")
+SENT = (MessageStatus.SENT, MessageStatus.DELIVERED)
 #: Audit actions that record a data-rights request served.
 RIGHTS_ACTIONS = {
     "subject.exported": "access",
@@ -82,7 +83,7 @@ async def _messages(conn: AsyncConnection, campaign: str) -> dict[str, dict[str,
                count(and_(m.c.kind == "campaign", m.c.status.in_(SENT), group_post))
                .label("group_posts"),
                count(and_(m.c.kind != "campaign", m.c.status.in_(SENT))).label("replies"),
-               count(m.c.status == "blocked").label("blocked"))
+               count(m.c.status == MessageStatus.BLOCKED).label("blocked"))
         .where(m.c.campaign == campaign)
         .group_by(m.c.channel))
     out: dict[str, dict[str, int]] = {}

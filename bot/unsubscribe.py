@@ -31,13 +31,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consentgate.adapters.base import InboundEvent
 from consentgate.bot.addresses import mask, normalise_address
-from consentgate.bot.broadcasts import pause_if_failing
+from consentgate.bot.broadcasts import PAUSE_AFTER_ATTEMPTS, pause_if_failing
 from consentgate.bot.config import CampaignSettings, ConfigError
 from consentgate.bot.consent import Status
 from consentgate.bot.errors import GatewayError
 from consentgate.bot.keywords import Intent, classify
 from consentgate.bot.ledger import Ledger
 from consentgate.bot.metrics import Metrics
+from consentgate.bot.outbox import MessageStatus
 from consentgate.bot.tokens import TokenError, Tokens
 from consentgate.storage.db import Database
 from consentgate.storage.models import inbound_messages, messages, processed_events, subscriptions
@@ -177,8 +178,10 @@ class MailListeners:
 class UnsubscribeService:
     def __init__(self, db: Database, ledger: Ledger, metrics: Metrics,
                  campaigns: dict[str, CampaignSettings], tokens: Tokens,
-                 mail_tokens: MailTokens) -> None:
+                 mail_tokens: MailTokens, *,
+                 pause_after_attempts: int = PAUSE_AFTER_ATTEMPTS) -> None:
         self.db = db
+        self.pause_after_attempts = pause_after_attempts
         self.ledger = ledger
         self.metrics = metrics
         self.campaigns = campaigns
@@ -384,8 +387,9 @@ class UnsubscribeService:
                 return
             await conn.execute(
                 update(m).where(m.c.id == row.id,
-                                m.c.status.in_(("sending", "sent", "delivered")))
-                .values(status="failed", reason="hard_bounce", last_error=detail[:1000],
+                                m.c.status.in_((MessageStatus.SENDING, MessageStatus.SENT,
+                                                MessageStatus.DELIVERED)))
+                .values(status=MessageStatus.FAILED, reason="hard_bounce", last_error=detail[:1000],
                         updated_at=time.time(), lease_owner=None, lease_expires=None))
             if row.address is not None:
                 await self.ledger.record_opt_out(
@@ -394,7 +398,7 @@ class UnsubscribeService:
                     every_campaign=True, suppression_reason="hard_bounce")
                 self.metrics.opt_outs.labels(_CHANNEL, "bounce").inc()
             if row.broadcast_id is not None:
-                await pause_if_failing(conn, int(row.broadcast_id))
+                await pause_if_failing(conn, int(row.broadcast_id), self.pause_after_attempts)
             log.info("email.hard_bounce")
 
 

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import fcntl
 import functools
+import os
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -285,7 +286,7 @@ class Database:
     def claim_single_process(self) -> IO[bytes]:
         """SQLite serves one dispatching process: take an exclusive lock beside the database
         file (held until the returned file is closed), or raise :class:`DatabaseBusy`."""
-        path = self.url.split("///", 1)[-1].split("?", 1)[0]
+        path = self._sqlite_path()
         lock = open(f"{path}.lock", "ab")  # noqa: SIM115 - held for the process's life
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -295,6 +296,25 @@ class Database:
                 f"another consentgate process is dispatching from {path}; "
                 "run several processes on PostgreSQL") from None
         return lock
+
+    def single_process_claimed(self) -> bool:
+        """Whether a process holds :meth:`claim_single_process`'s lock now (a ``serve`` or
+        ``worker`` dispatching from this SQLite file). Asks by taking a shared lock and
+        dropping it at once: a process starting in that same instant would be refused."""
+        try:
+            fd = os.open(f"{self._sqlite_path()}.lock", os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the shared lock, if it was taken
+        return False
+
+    def _sqlite_path(self) -> str:
+        return self.url.split("///", 1)[-1].split("?", 1)[0]
 
     async def refresh_statistics(self, table: str) -> None:
         """Refresh the PostgreSQL planner's statistics of ``table`` now rather than when

@@ -17,12 +17,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from consentgate.bot.broadcasts import PAUSE_AFTER_ATTEMPTS
 from consentgate.bot.config import Settings, parse_config
 from consentgate.bot.gateway import Gateway
 from consentgate.bot.web.app import create_app
 from consentgate.testing.fakes.telegram_api import FakeTelegram
 from consentgate.testing.fakes.twilio_api import FakeTwilio
 from consentgate.testing.fakes.twilio_webhooks import inbound_sms_form, post_signed
+from consentgate.testing.waiting import eventually
 
 PUBLIC_URL = "https://gateway.example.org"
 SECRET = "test-secret-key-0123456789-abcdefghijkl"
@@ -181,6 +183,29 @@ class Harness:
             "source": source, "evidence": "signed form"}, token=token)
         assert status == 201, body
 
+    async def import_consents(self, addresses: list[str], channel: str = "sms") -> None:
+        """Record consent for every address with one CSV import (in that order); all of
+        them must be taken."""
+        rows = "".join(f"{channel},{a},paper_form,street stall,signed form {i}\n"
+                       for i, a in enumerate(addresses))
+        status, body = await self.api("POST", "/api/v1/consents/import",
+                                      raw="channel,address,method,source,evidence\n" + rows,
+                                      headers={"Content-Type": "text/csv"})
+        assert status == 200 and body == {"imported": len(addresses), "rejected": []}, body
+
+    async def send_and_wait(self, to: str, text: str, channel: str = "sms") -> int:
+        """Queue one message through the API and wait until it is ``sent``; its id."""
+        status, body = await self.api("POST", "/api/v1/messages",
+                                      {"channel": channel, "to": to, "text": text})
+        assert status == 202, body
+        message_id = int(body["id"])
+
+        async def sent() -> bool:
+            _, view = await self.api("GET", f"/api/v1/messages/{message_id}")
+            return bool(view["status"] == "sent")
+        await eventually(sent, what=f"message {message_id} sent")
+        return message_id
+
     async def sms_in(self, from_: str, body: str, *, campaign: str = JANE,
                      auth_token: str = JANE_AUTH, to: str = JANE_NUMBER,
                      sid: str | None = None, opt_out_type: str | None = None,
@@ -220,13 +245,15 @@ domain = "{inbound_domain}"
 @contextlib.asynccontextmanager
 async def running_gateway(db_url: str, *, rate: float = 200.0, twilio_latency: float = 0.0,
                           dispatch: bool = True, telegram: FakeTelegram | None = None,
+                          pause_after_attempts: int = PAUSE_AFTER_ATTEMPTS,
                           **kwargs: Any) -> AsyncIterator[Harness]:
     async with FakeTwilio(account_sid=JANE_SID, auth_token=JANE_AUTH,
                           credentials={BOB_SID: BOB_AUTH}) as twilio:
         twilio.latency = twilio_latency
         settings = settings_for(db_url, twilio.base_url, rate=rate, telegram=telegram,
                                 **kwargs)
-        gateway = Gateway(settings, lease_seconds=30.0)
+        gateway = Gateway(settings, lease_seconds=30.0,
+                          pause_after_attempts=pause_after_attempts)
         await gateway.start()
         if gateway.mail_listeners is not None:
             await gateway.mail_listeners.start()

@@ -16,7 +16,7 @@ import socket
 import sqlite3
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from contextlib import closing
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +35,7 @@ from consentgate.testing.harness import (
     SECRET,
     config_text,
 )
+from consentgate.testing.waiting import eventually
 
 __all__ = [
     "CONSENTGATE",
@@ -45,6 +46,7 @@ __all__ = [
     "eventually",
     "free_port",
     "numbers",
+    "run_cli",
     "write_config",
 ]
 
@@ -79,25 +81,22 @@ def write_config(path: Path, *, db_path: Path | None = None, storage_url: str | 
     return path
 
 
+async def run_cli(*args: str, stdin: bytes | None = None,
+                  cwd: Path | None = None) -> tuple[int, str, str]:
+    """Run ``consentgate *args`` to its end: its exit status, standard output and error."""
+    proc = await asyncio.create_subprocess_exec(
+        CONSENTGATE, *args, cwd=cwd, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(stdin or b""), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
 def db_rows(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
     """Read the gateway's SQLite file directly (what it recorded, not what it answers)."""
     with closing(sqlite3.connect(db_path, timeout=30)) as conn:
         conn.row_factory = sqlite3.Row
         return list(conn.execute(sql, params))
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], *,
-                     timeout: float = 30.0,  # noqa: ASYNC109 - a deadline is its point
-                     interval: float = 0.05, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy; its last value on success."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached within {timeout} s (last: {value!r})")
-        await asyncio.sleep(interval)
 
 
 class GatewayProcess:

@@ -4,7 +4,6 @@ filters and pages; the compliance report says whether the chain holds."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 from contextlib import closing
@@ -12,17 +11,9 @@ from pathlib import Path
 
 from consentgate.bot import audit
 from consentgate.testing.harness import JANE, JANE_AUDITOR, Harness
-from tests.procs import CONSENTGATE, write_config
+from tests.procs import run_cli, write_config
 
 NUMBERS = [f"+4479110000{i:02d}" for i in range(1, 7)]
-
-
-async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        CONSENTGATE, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def _sql(db: Path, sql: str, *params: object) -> None:
@@ -38,25 +29,25 @@ async def _setup(tmp_path: Path) -> tuple[Path, Path]:
     consents = tmp_path / "consents.csv"
     consents.write_text("channel,address,method,source,evidence\n" + "".join(
         f"sms,{n},paper_form,stall,form {i}\n" for i, n in enumerate(NUMBERS)))
-    assert (await _cli("import", str(consents), "--config", str(config)))[0] == 0
+    assert (await run_cli("import", str(consents), "--config", str(config)))[0] == 0
     opt_outs = tmp_path / "opt-outs.csv"
     opt_outs.write_text(f"channel,address,reason\nsms,{NUMBERS[0]},old platform\n")
-    assert (await _cli("suppressions", "import", str(opt_outs), "--config", str(config)))[0] == 0
-    assert (await _cli("subject", "erase", "sms", NUMBERS[1], "--yes",
+    assert (await run_cli("suppressions", "import", str(opt_outs), "--config", str(config)))[0] == 0
+    assert (await run_cli("subject", "erase", "sms", NUMBERS[1], "--yes",
                        "--config", str(config)))[0] == 0
     return db, config
 
 
 async def test_an_intact_chain_verifies_and_a_tampered_row_is_named(tmp_path: Path) -> None:
     db, config = await _setup(tmp_path)
-    status, out, err = await _cli("audit", "verify", "--config", str(config))
+    status, out, err = await run_cli("audit", "verify", "--config", str(config))
     assert status == 0, err
     assert f"{JANE}: 4 records, chain intact" in out
 
     # Someone edits who did something, directly in the database.
     _sql(db, "UPDATE audit_events SET actor = 'Someone else' WHERE campaign = ? AND seq = 3",
          JANE)
-    status, out, _ = await _cli("audit", "verify", "--campaign", JANE, "--config", str(config))
+    status, out, _ = await run_cli("audit", "verify", "--campaign", JANE, "--config", str(config))
     assert status == 1
     assert f"{JANE}: BROKEN at record 3: its content does not match its hash" in out
 
@@ -66,20 +57,20 @@ async def test_an_intact_chain_verifies_and_a_tampered_row_is_named(tmp_path: Pa
                            "FROM audit_events WHERE campaign = ? AND seq = 3", (JANE,)).fetchone()
     _sql(db, "UPDATE audit_events SET hash = ? WHERE campaign = ? AND seq = 3",
          audit.record_hash(*row), JANE)
-    status, out, _ = await _cli("audit", "verify", "--config", str(config))
+    status, out, _ = await run_cli("audit", "verify", "--config", str(config))
     assert status == 1 and "BROKEN at record 4: its link to the previous record" in out
 
 
 async def test_a_removed_record_and_a_removed_tail_are_found(tmp_path: Path) -> None:
     db, config = await _setup(tmp_path)
     _sql(db, "DELETE FROM audit_events WHERE campaign = ? AND seq = 4", JANE)
-    status, out, _ = await _cli("audit", "verify", "--config", str(config))
+    status, out, _ = await run_cli("audit", "verify", "--config", str(config))
     assert status == 1 and "BROKEN at record 4: the last record(s) (4) are missing" in out
 
     (tmp_path / "second").mkdir()
     db2, config2 = await _setup(tmp_path / "second")
     _sql(db2, "DELETE FROM audit_events WHERE campaign = ? AND seq = 2", JANE)
-    status, out, _ = await _cli("audit", "verify", "--config", str(config2))
+    status, out, _ = await run_cli("audit", "verify", "--config", str(config2))
     assert status == 1
     assert "BROKEN at record 3: the record(s) before it (2) are missing" in out
 

@@ -5,7 +5,6 @@ run`` runs it now."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from consentgate.bot.privacy import Privacy
 from consentgate.storage import models
 from consentgate.testing.harness import BOB_TOKEN, JANE, Harness
 from tests.dbutil import rows
-from tests.procs import CONSENTGATE, Launcher, db_rows, eventually, free_port, write_config
+from tests.procs import Launcher, db_rows, eventually, free_port, run_cli, write_config
 
 FRESH = "+447911000001"
 STALE = "+447911000002"
@@ -40,22 +39,11 @@ async def _age(gw: Harness, address: str, seconds: float) -> None:
                                .values({col: table.c[col] - seconds}))
 
 
-async def _sent(gw: Harness, to: str, text: str) -> None:
-    status, body = await gw.api("POST", "/api/v1/messages",
-                                {"channel": "sms", "to": to, "text": text})
-    assert status == 202, body
-
-    async def done() -> bool:
-        _, view = await gw.api("GET", f"/api/v1/messages/{body['id']}")
-        return bool(view["status"] == "sent")
-    await eventually(done, what="message sent")
-
-
 async def test_retention_pseudonymises_exactly_the_stale_ones(gw: Harness) -> None:
     for address in (FRESH, STALE, STALE_OPTED_OUT, STALE_STOPALL):
         await gw.subscribe(address)
-    await _sent(gw, FRESH, "Hello fresh")
-    await _sent(gw, STALE, "Hello stale")
+    await gw.send_and_wait(FRESH, "Hello fresh")
+    await gw.send_and_wait(STALE, "Hello stale")
     await gw.sms_in(STALE, "Good luck Jane")
     await gw.sms_in(STALE_OPTED_OUT, "STOP")
     await gw.sms_in(STALE_STOPALL, "STOPALL")
@@ -144,14 +132,6 @@ def _config(tmp_path: Path, port: int) -> Path:
                         extra_policy="retention_days = 30")
 
 
-async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        CONSENTGATE, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 def _age_file(db: Path, address: str, seconds: float) -> None:
     import sqlite3
     from contextlib import closing
@@ -170,10 +150,10 @@ async def test_retention_run_command_and_the_daily_task_in_serve(tmp_path: Path)
                         f"sms,{FRESH},paper_form,stall,form 1\n"
                         f"sms,{STALE},paper_form,stall,form 2\n"
                         "sms,+447911000005,paper_form,stall,form 3\n")
-    status, out, err = await _cli("import", str(consents), "--config", str(config))
+    status, out, err = await run_cli("import", str(consents), "--config", str(config))
     assert status == 0, err
     _age_file(db, STALE, 31 * 86400.0)
-    status, out, err = await _cli("retention", "run", "--config", str(config))
+    status, out, err = await run_cli("retention", "run", "--config", str(config))
     assert status == 0, err
     result = json.loads(out)
     assert result["retention_days"] == 30

@@ -1,4 +1,4 @@
-"""The operators' HTTP API under ``/api/v1`` (see CONTRACT.md): consents, opt-outs,
+"""The operators' HTTP API under ``/api/v1`` (see README.md and docs/api.md): consents, opt-outs,
 subscribers, messages, broadcasts, the audit log and replies.
 
 Thin: each handler gets the calling operator and its decoded request model (the route table

@@ -10,26 +10,20 @@ another site must not sign people up, or confirm for them, through their browser
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from consentgate.bot.errors import NotFound
 from consentgate.bot.join import JoinService, LinkGone, RateLimited
+from consentgate.bot.templating import templates as _templates
 from consentgate.bot.tokens import TokenError
 from consentgate.bot.web.common import GATEWAY
 from consentgate.bot.web.problems import problem
 
 __all__ = ["add_routes", "render"]
 
-_templates = Environment(
-    loader=FileSystemLoader(str(Path(__file__).parent / "templates")),
-    autoescape=select_autoescape(default=True, default_for_string=True),
-    trim_blocks=True, lstrip_blocks=True,
-)
 
 # No script, no framing, forms post only here, nothing cached or passed on as a referrer.
 _PAGE_HEADERS = {

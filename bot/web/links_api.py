@@ -6,38 +6,14 @@ Thin, like the rest of the API: a decoded request in, one call to
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
-from consentgate.bot.links import POSTER_SIZES, Link, LinkService, qr_png, qr_svg
-from consentgate.bot.messages import iso
+from consentgate.bot.links import POSTER_SIZES, Link, link_view, qr_png, qr_svg
 from consentgate.bot.web.common import Call, json_answer
 from consentgate.bot.web.models import LinkIn, PosterQuery
 
 __all__ = ["get_link", "get_link_poster", "get_link_qr", "get_link_qr_png", "get_links",
            "link_view", "post_link", "revoke_link"]
-
-
-def link_view(service: LinkService, link: Link) -> dict[str, Any]:
-    """A link as the API shows it (the contract's ``id, name, channel, url, joins``, and
-    what else an operator needs to manage it)."""
-    return {
-        "id": link.id,
-        "name": link.name,
-        "channel": link.channel,
-        "url": link.url,
-        "joins": link.joins,
-        "kind": "telegram_invite" if link.is_invite else "join_page",
-        "telegram_chat_id": int(link.telegram_chat_id) if link.telegram_chat_id else None,
-        "telegram_start_url": service.start_url(link),
-        "expires_at": iso(link.expires_at),
-        "member_limit": link.member_limit,
-        "revoked_at": iso(link.revoked_at),
-        "active": link.is_live(),
-        "created_by": link.created_by,
-        "created_at": iso(link.created_at),
-    }
 
 
 async def post_link(call: Call, body: LinkIn) -> web.Response:

@@ -11,16 +11,15 @@ the messages went to real people, and the page is 404.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from consentgate.adapters.base import OutboundMessage, mask
 from consentgate.adapters.log import LogChannel
 from consentgate.bot.gateway import Gateway
+from consentgate.bot.templating import templates as _templates
 from consentgate.bot.tokens import TokenError
 from consentgate.bot.web.common import gateway
 from consentgate.bot.web.problems import problem
@@ -43,11 +42,6 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-_templates = Environment(
-    loader=FileSystemLoader(str(Path(__file__).parent / "templates")),
-    autoescape=select_autoescape(default=True, default_for_string=True),
-    trim_blocks=True, lstrip_blocks=True,
-)
 
 # A page whose URL holds a token: never cached, indexed, framed or passed on as a referrer,
 # and no script runs on it.

@@ -19,12 +19,12 @@ import email.policy
 import ssl
 from dataclasses import dataclass
 from email.parser import BytesParser
-from types import TracebackType
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from consentgate.adapters.smtp_inbound import SmtpListener
+from consentgate.testing.fakes._served import Served
 
 __all__ = ["ReceivedMail", "SmtpSink"]
 
@@ -44,7 +44,7 @@ class ReceivedMail:
     login: str | None
 
 
-class SmtpSink:
+class SmtpSink(Served):
     """A recording SMTP server on loopback.
 
     - ``refuse``: recipients answered ``550 5.1.1 user unknown`` at RCPT.
@@ -103,18 +103,6 @@ class SmtpSink:
 
     async def stop(self) -> None:
         await self._listener.stop()
-
-    async def __aenter__(self) -> SmtpSink:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # A bounded wait is the point of this helper, hence the timeout parameter.
     async def wait_for(

@@ -26,10 +26,11 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+
+from consentgate.testing.fakes._served import Served
 
 __all__ = [
     "DEFAULT_BOT_ID",
@@ -114,7 +115,7 @@ class _Webhook:
     drop_pending_updates: bool
 
 
-class FakeTelegram:
+class FakeTelegram(Served):
     """The Bot API for one bot, served on a loopback port.
 
     Records: :attr:`sent` (accepted messages), :attr:`calls` (every request with the right
@@ -190,18 +191,6 @@ class FakeTelegram:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    async def __aenter__(self) -> FakeTelegram:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # -- knobs ------------------------------------------------------------------------------
 

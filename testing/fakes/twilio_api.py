@@ -30,10 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+
+from consentgate.testing.fakes._served import Served
 
 __all__ = [
     "DEFAULT_ACCOUNT_SID",
@@ -124,7 +125,7 @@ class _Failure:
 
 
 @dataclass
-class FakeTwilio:
+class FakeTwilio(Served):
     """Twilio's ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` on loopback."""
 
     account_sid: str = DEFAULT_ACCOUNT_SID
@@ -177,18 +178,6 @@ class FakeTwilio:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-
-    async def __aenter__(self) -> FakeTwilio:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # -- knobs and synchronisation -----------------------------------------------------------
 

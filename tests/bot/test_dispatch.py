@@ -96,14 +96,6 @@ async def dispatching(gw: Gateway, relay: SlowRelay,
         await run
 
 
-async def import_subscribers(h: Harness, addresses: list[str]) -> None:
-    rows = "".join(f"email,{a},paper_form,street stall,signed form\n" for a in addresses)
-    status, body = await h.api("POST", "/api/v1/consents/import",
-                               raw="channel,address,method,source,evidence\n" + rows,
-                               headers={"Content-Type": "text/csv"})
-    assert status == 200 and body["imported"] == len(addresses), body
-
-
 async def queue_email(h: Harness, to: str) -> int:
     status, body = await h.api("POST", "/api/v1/messages", {
         "channel": "email", "to": to, "text": "Polling day is Thursday.",
@@ -133,7 +125,7 @@ async def test_no_more_messages_are_admitted_than_the_relay_has_connections(
 ) -> None:
     recipients = [f"person{n:02d}@example.com" for n in range(12)]
     async with SlowRelay() as relay, slow_relay_gateway(sqlite_url, relay) as h:
-        await import_subscribers(h, recipients)
+        await h.import_consents(recipients, "email")
         ids = [await queue_email(h, to) for to in recipients]
         # At each gate decision: permits issued whose message the relay has not yet taken.
         outstanding: list[int] = []
@@ -166,7 +158,7 @@ async def test_an_unsubscribe_while_earlier_mail_is_on_the_wire_stops_the_later_
 ) -> None:
     others = [f"person{n}@example.com" for n in range(6)]
     async with SlowRelay() as relay, slow_relay_gateway(sqlite_url, relay) as h:
-        await import_subscribers(h, [*others, VOTER])
+        await h.import_consents([*others, VOTER], "email")
         earlier = [await queue_email(h, to) for to in others]
         later = await queue_email(h, VOTER)  # queued behind the others
 

@@ -5,11 +5,14 @@ another pause.
 
 The pause rule is shrunk to 10 attempts (from 200) so a small audience trips it; every number
 is refused by the fake (21211, a permanent failure) until the broadcast has paused.
+
+That nothing was sent is proved, not slept on: a one-off message queued afterwards to someone
+outside the broadcast (the probe) is sent, so the dispatcher has been over the queue since,
+and anything wrongly due would have gone out before it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,22 +32,33 @@ from tests.procs import eventually
 
 PAUSE_AFTER = 10
 PEOPLE = [f"+44791110{n:04d}" for n in range(60)]
+PROBE = "+447911199999"
 
 
 @pytest.fixture
-async def h(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
-    monkeypatch.setattr(broadcasts, "PAUSE_AFTER_ATTEMPTS", PAUSE_AFTER)
+async def h(sqlite_url: str) -> AsyncIterator[Harness]:
     # 20 a second: the pause comes after a few of the 60, most of them are still queued.
-    async with running_gateway(sqlite_url, rate=20.0) as h:
+    async with running_gateway(sqlite_url, rate=20.0, pause_after_attempts=PAUSE_AFTER) as h:
         yield h
 
 
-async def import_people(h: Harness, people: list[str]) -> None:
-    csv = "channel,address,method,source,evidence\n" + "".join(
-        f"sms,{p},paper_form,street stall,signed form {i}\n" for i, p in enumerate(people))
-    status, report = await h.api("POST", "/api/v1/consents/import", raw=csv,
-                                 headers={"Content-Type": "text/csv"})
-    assert status == 200 and report == {"imported": len(people), "rejected": []}, report
+async def dispatcher_has_caught_up(h: Harness) -> None:
+    """Queue a one-off message to PROBE (subscribed now, so in no earlier broadcast) and wait
+    until the fake has it: the dispatcher takes due messages oldest first, so whatever was
+    due before it has been sent by then."""
+    await h.subscribe(PROBE)
+    status, body = await h.api("POST", "/api/v1/messages",
+                               {"channel": "sms", "to": PROBE, "text": "Probe"})
+    assert status == 202, body
+
+    async def sent() -> bool:
+        return bool(h.twilio.sent_to(PROBE))
+    await eventually(sent, timeout=20.0, what="the probe message sent")
+
+
+def sent_to_people(h: Harness) -> list[str]:
+    """The numbers the fake accepted messages for, the probe left out."""
+    return [sms.to for sms in h.twilio.messages if sms.to != PROBE]
 
 
 async def view(h: Harness, broadcast_id: int) -> dict[str, Any]:
@@ -70,7 +84,7 @@ async def held_addresses(h: Harness, broadcast_id: int) -> list[str]:
 async def paused_broadcast(h: Harness) -> tuple[int, list[str]]:
     """A broadcast to PEOPLE that paused itself; returns its id and the held addresses (in
     the order they would be sent). The fake accepts every number again afterwards."""
-    await import_people(h, PEOPLE)
+    await h.import_consents(PEOPLE)
     h.twilio.invalid.update(PEOPLE)
     status, body = await h.api("POST", "/api/v1/broadcasts",
                                {"channel": "sms", "text": "Polling day is Thursday"})
@@ -84,8 +98,8 @@ async def paused_broadcast(h: Harness) -> tuple[int, list[str]]:
     assert len(held) >= 2 * PAUSE_AFTER  # enough left for the rule to judge them afresh
     assert paused["counts"]["queued"] == len(held)
     h.twilio.invalid.clear()
-    await asyncio.sleep(0.3)
-    assert h.twilio.messages == []  # held: nothing goes while it is paused
+    await dispatcher_has_caught_up(h)
+    assert sent_to_people(h) == []  # held: nothing goes while it is paused
     return body["id"], held
 
 
@@ -103,7 +117,7 @@ async def test_resume_sends_every_held_message_once_and_is_audited(h: Harness) -
     assert done["counts"]["sent"] == len(held)
     assert done["counts"]["failed"] == failed_before
     assert done["counts"]["queued"] == 0
-    assert sorted(sms.to for sms in h.twilio.messages) == sorted(held)  # each exactly once
+    assert sorted(sent_to_people(h)) == sorted(held)  # each exactly once
     status, audit = await h.api("GET", "/api/v1/audit?action=broadcast.resumed")
     assert status == 200
     [event] = audit
@@ -140,7 +154,7 @@ async def test_failures_after_a_resume_pause_it_again(h: Harness) -> None:
     assert again["paused"]["failed"] == again["paused"]["attempted"]
     assert "since it was resumed" in again["paused"]["detail"]
     assert again["counts"]["queued"] > 0
-    assert h.twilio.messages == []
+    assert sent_to_people(h) == []
     _, audit = await h.api("GET", "/api/v1/audit")
     assert [a["action"] for a in audit if a["action"].startswith("broadcast.")] == [
         "broadcast.created", "broadcast.paused", "broadcast.resumed", "broadcast.paused"]
@@ -157,7 +171,7 @@ async def test_a_stop_while_paused_is_still_honoured_after_the_resume(h: Harness
     assert status == 200
     done = await settles(h, broadcast_id, "done")
     assert h.twilio.sent_to(stopped) == []
-    assert sorted(sms.to for sms in h.twilio.messages) == sorted(held[1:])
+    assert sorted(sent_to_people(h)) == sorted(held[1:])
     assert done["counts"]["cancelled"] == 1
     [message] = [m for m in await rows(h.db, "messages", broadcast_id=broadcast_id)
                  if m.address == stopped]
@@ -186,9 +200,14 @@ async def test_resuming_a_broadcast_that_is_not_paused_is_409_and_changes_nothin
         assert problem["type"] == "urn:consentgate:problem:broadcast_not_paused"
         assert state in problem["detail"]
 
-    await asyncio.sleep(0.2)  # a wrongly woken dispatcher would have sent by now
+    # The refusals changed nothing (they answered after their transaction)...
     assert (await counts(gw.db), await rows(gw.db, "broadcasts"),
             await rows(gw.db, "messages"), len(gw.twilio.messages)) == before
+    # ... and woke nothing that sends later: the dispatcher has been over the queue since.
+    broadcast_messages = [m for m in await rows(gw.db, "messages") if m.broadcast_id]
+    await dispatcher_has_caught_up(gw)
+    assert [m for m in await rows(gw.db, "messages") if m.broadcast_id] == broadcast_messages
+    assert len(sent_to_people(gw)) == before[3]
     assert (await view(gw, cancelled["id"]))["status"] == "cancelled"
 
 
@@ -216,5 +235,6 @@ async def test_an_auditor_cannot_resume_a_paused_broadcast(h: Harness) -> None:
     assert await counts(h.db) == before
     assert (await view(h, broadcast_id))["status"] == "paused"
     assert await held_addresses(h, broadcast_id) == held
-    await asyncio.sleep(0.3)
-    assert h.twilio.messages == []
+    await dispatcher_has_caught_up(h)
+    assert sent_to_people(h) == []
+    assert await held_addresses(h, broadcast_id) == held

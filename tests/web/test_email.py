@@ -11,12 +11,11 @@ import re
 import shutil
 import socket
 import subprocess
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiosmtplib
@@ -29,13 +28,12 @@ from consentgate.bot.broadcasts import HELD_UNTIL
 from consentgate.storage.models import messages
 from consentgate.testing.fakes.smtp_server import ReceivedMail, SmtpSink
 from consentgate.testing.harness import JANE, PUBLIC_URL, Harness, running_gateway, smtp_section
+from consentgate.testing.waiting import eventually
 
 FROM = "Jane Doe <jane@example.org>"
 DOMAIN = "reply.example.org"
 IMPRINT = "Promoted by Jane Doe, 1 Example Road, London"
 VOTER = "voter@example.com"
-
-T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -69,18 +67,6 @@ async def mail(sqlite_url: str, sink: SmtpSink) -> AsyncIterator[Harness]:
         yield h
 
 
-async def eventually(check: Callable[[], Awaitable[T]], within: float = 10.0) -> T:
-    """Poll ``check`` until it returns something truthy, or fail at the deadline."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {within} s: last saw {result!r}")
-        await asyncio.sleep(0.02)
-
-
 async def send_email(h: Harness, to: str, text: str = "Polling day is Thursday.",
                      subject: str = "Polling day") -> int:
     status, body = await h.api("POST", "/api/v1/messages",
@@ -108,21 +94,13 @@ async def subscriber(h: Harness, address: str) -> dict[str, Any]:
     return dict(body)
 
 
-async def import_subscribers(h: Harness, addresses: list[str]) -> None:
-    rows = "".join(f"email,{a},paper_form,street stall,signed form\n" for a in addresses)
-    status, body = await h.api("POST", "/api/v1/consents/import",
-                               raw="channel,address,method,source,evidence\n" + rows,
-                               headers={"Content-Type": "text/csv"})
-    assert status == 200 and body["imported"] == len(addresses), body
-
-
 async def broadcast_done(h: Harness, broadcast_id: int,
                          statuses: tuple[str, ...] = ("done",)) -> dict[str, Any]:
     async def finished() -> dict[str, Any] | None:
         status, body = await h.api("GET", f"/api/v1/broadcasts/{broadcast_id}")
         assert status == 200, body
         return dict(body) if body["status"] in statuses else None
-    return await eventually(finished, within=20.0)
+    return await eventually(finished, timeout=20.0)
 
 
 def one_click_url(mail: ReceivedMail) -> str:
@@ -420,7 +398,7 @@ async def test_a_4xx_at_rcpt_is_retried_later_and_suppresses_nothing(
 
 async def test_a_broadcast_reaches_only_the_subscribed(mail: Harness, sink: SmtpSink) -> None:
     everyone = [f"person{n}@example.com" for n in range(7)]
-    await import_subscribers(mail, everyone)
+    await mail.import_consents(everyone, "email")
     status, _ = await mail.api("POST", "/api/v1/opt-outs", {
         "channel": "email", "address": everyone[1], "reason": "asked at the door"})
     assert status == 201
@@ -477,7 +455,7 @@ async def test_an_unsubscribe_during_a_broadcast_stops_every_later_send(
     others = [f"person{n}@example.com" for n in range(30)]
     async with HoldingSink(hold=VOTER) as sink, email_gateway(sqlite_url, sink,
                                                               rate=20.0) as h:
-        await import_subscribers(h, [VOTER, *others])  # VOTER's message goes first
+        await h.import_consents([VOTER, *others], "email")  # VOTER's message goes first
         first = await h.api("POST", "/api/v1/broadcasts", {"channel": "email", "text": "One"})
         second = await h.api("POST", "/api/v1/broadcasts", {"channel": "email", "text": "Two"})
         single = await send_email(h, VOTER, text="Three")
@@ -506,7 +484,7 @@ async def test_too_many_failures_pause_a_broadcast_and_hold_the_rest(
     everyone = [f"person{n:03d}@example.com" for n in range(300)]
     sink.refuse.update(everyone[::10])  # 10% hard bounces: a stale list
     async with email_gateway(sqlite_url, sink, rate=100.0) as h:
-        await import_subscribers(h, everyone)
+        await h.import_consents(everyone, "email")
         status, body = await h.api("POST", "/api/v1/broadcasts",
                                    {"channel": "email", "text": "Polling day!"})
         assert status == 202, body

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from sqlalchemy import select, update
 
-from consentgate.bot.join import SlidingWindow
+from consentgate.adapters.pacing import SlidingWindow
 from consentgate.storage.models import links, messages
 from consentgate.testing.fakes.smtp_server import SmtpSink
 from consentgate.testing.harness import (

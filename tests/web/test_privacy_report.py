@@ -4,37 +4,25 @@ and the data-rights requests served."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
 
 from consentgate.storage import models
 from consentgate.testing.harness import BOB_TOKEN, JANE, JANE_AUDITOR, Harness
-from tests.procs import CONSENTGATE, eventually, write_config
+from tests.procs import run_cli, write_config
 
 A, B, C, D = "+447911000011", "+447911000012", "+447911000013", "+447911000014"
 CSV = {"Content-Type": "text/csv"}
-
-
-async def _sent(gw: Harness, to: str, text: str) -> None:
-    status, body = await gw.api("POST", "/api/v1/messages",
-                                {"channel": "sms", "to": to, "text": text})
-    assert status == 202, body
-
-    async def done() -> bool:
-        _, view = await gw.api("GET", f"/api/v1/messages/{body['id']}")
-        return bool(view["status"] == "sent")
-    await eventually(done, what="message sent")
 
 
 async def test_the_report_traces_every_message_and_counts_opt_outs_and_rights(
         gw: Harness) -> None:
     for n in (A, B, C, D):
         await gw.subscribe(n)
-    await _sent(gw, A, "one")
-    await _sent(gw, B, "two")
-    await _sent(gw, C, "three")
+    await gw.send_and_wait(A, "one")
+    await gw.send_and_wait(B, "two")
+    await gw.send_and_wait(C, "three")
     await gw.sms_in(A, "STOP")
     await gw.sms_in(B, "Stop texting me please")
     await gw.api("POST", "/api/v1/opt-outs", {"channel": "sms", "address": C})
@@ -85,14 +73,6 @@ async def test_a_message_sent_before_its_consent_is_untraced(gw: Harness) -> Non
     assert report["messages"]["sms"]["untraced"] == 1
 
 
-async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        CONSENTGATE, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_report_subject_and_suppressions_commands(tmp_path: Path) -> None:
     config = str(write_config(tmp_path / "config.toml", db_path=tmp_path / "cg.db",
                               twilio_url="http://127.0.0.1:9", port=8080))
@@ -100,43 +80,43 @@ async def test_report_subject_and_suppressions_commands(tmp_path: Path) -> None:
     consents.write_text("channel,address,method,source,evidence\n"
                         f"sms,{A},paper_form,Market St stall,form 12\n"
                         f"sms,{B},web_form,website,ip 192.0.2.1\n")
-    assert (await _cli("import", str(consents), "--config", config))[0] == 0
+    assert (await run_cli("import", str(consents), "--config", config))[0] == 0
 
-    status, out, err = await _cli("report", JANE, "--config", config)
+    status, out, err = await run_cli("report", JANE, "--config", config)
     assert status == 0, err
     assert "Messages" in out and "Data-rights requests" in out and "chain intact" in out
-    status, out, _ = await _cli("report", "--json", "--config", config)
+    status, out, _ = await run_cli("report", "--json", "--config", config)
     assert status == 0 and json.loads(out)["untraced_total"] == 0
 
     export = tmp_path / "subject.json"
-    status, out, err = await _cli("subject", "export", "sms", "07911 000011", "-o",
+    status, out, err = await run_cli("subject", "export", "sms", "07911 000011", "-o",
                                   str(export), "--config", config)
     assert status == 0, err
     data = json.loads(export.read_text())
     assert data["consent_history"][0]["evidence"] == "form 12"
 
-    status, out, err = await _cli("subject", "erase", "sms", A, "--config", config)
+    status, out, err = await run_cli("subject", "erase", "sms", A, "--config", config)
     assert status == 2 and "--yes" in err
-    status, out, err = await _cli("subject", "erase", "sms", A, "--yes", "--config", config)
+    status, out, err = await run_cli("subject", "erase", "sms", A, "--yes", "--config", config)
     assert status == 0, err
     assert json.loads(out)["erased"] is True
-    status, out, err = await _cli("subject", "restrict", "sms", B, "--config", config)
+    status, out, err = await run_cli("subject", "restrict", "sms", B, "--config", config)
     assert status == 0 and json.loads(out)["restricted"] is True
-    status, out, err = await _cli("subject", "rectify", "sms", B, "+447911000016",
+    status, out, err = await run_cli("subject", "rectify", "sms", B, "+447911000016",
                                   "--config", config)
     assert status == 0 and json.loads(out)["address"] == "+447911000016"
 
     opt_outs = tmp_path / "opt-outs.csv"
     opt_outs.write_text("channel,address,reason\nsms,07911 000017,moved platform\n")
-    status, out, err = await _cli("suppressions", "import", str(opt_outs), "--config", config)
+    status, out, err = await run_cli("suppressions", "import", str(opt_outs), "--config", config)
     assert status == 0 and json.loads(out)["imported"] == 1
-    status, out, err = await _cli("suppressions", "export", "--config", config)
+    status, out, err = await run_cli("suppressions", "export", "--config", config)
     assert status == 0, err
     assert out.splitlines()[0] == "channel,address,reason,at"
     assert "+447911000017,moved platform" in out and A not in out
     assert "hmac-sha256:" in out
 
-    status, out, _ = await _cli("report", "--json", "--config", config)
+    status, out, _ = await run_cli("report", "--json", "--config", config)
     rights = json.loads(out)["rights_requests"]
     assert (rights["access"], rights["erasure"], rights["restriction"],
             rights["rectification"]) == (1, 1, 1, 1)

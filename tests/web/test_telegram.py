@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from consentgate.testing.harness import (
     Harness,
     running_gateway,
 )
+from consentgate.testing.waiting import eventually
 from tests.procs import CONSENTGATE
 
 # python-telegram-bot warns about RetryAfter.retry_after's coming type change from inside its
@@ -77,16 +78,6 @@ async def deliver(h: Harness, update: dict[str, Any], *, secret: str | None = TE
         return r.status
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str,
-                     timeout: float = 10.0) -> None:  # noqa: ASYNC109 - a test's patience
-    """Poll ``check`` until it holds, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def status_of(h: Harness, user: int = USER) -> dict[str, Any]:
     code, body = await h.api("GET", f"/api/v1/subscribers/telegram/{user}")
     assert code == 200, body
@@ -115,7 +106,7 @@ async def wait_for_status(h: Harness, message_id: int, wanted: str) -> dict[str,
         found.update(await message_status(h, message_id))
         return found["status"] == wanted
 
-    await eventually(reached, f"message {message_id} to become {wanted}")
+    await eventually(reached, what=f"message {message_id} to become {wanted}")
     return found
 
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from consentgate.bot.errors import GatewayError
 from consentgate.bot.gateway import Gateway
+from consentgate.bot.templating import templates as _templates
 from consentgate.bot.web.common import GATEWAY
 from consentgate.bot.web.console.auth import (
     SESSION_COOKIE,
@@ -42,11 +42,6 @@ USER = web.RequestKey("console_user", ConsoleUser)  # the signed-in operator
 _WEB = Path(__file__).resolve().parent.parent
 STATIC = _WEB / "static"
 
-_templates = Environment(
-    loader=FileSystemLoader(str(_WEB / "templates")),
-    autoescape=select_autoescape(default=True, default_for_string=True),
-    trim_blocks=True, lstrip_blocks=True,
-)
 
 HEADERS = {
     "Cache-Control": "no-store",
