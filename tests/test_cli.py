@@ -180,3 +180,16 @@ async def test_a_waiting_broadcast_stays_quiet_while_serve_is_dispatching(
     assert status == 0, err
     assert NOTHING_DISPATCHING not in err
     assert sorted(m.to for m in fake.messages) == audience
+
+
+def test_the_readme_lists_every_command_and_only_real_ones() -> None:
+    """The README's command table is checked against the commands the CLI declares, so
+    neither can drift from the other."""
+    from consentgate.bot.cli import COMMANDS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("## The command line", 1)[1].split("\n\n", 2)[1]
+    listed = {row.split()[2].rstrip("`") for row in table.splitlines()
+              if row.startswith("| `consentgate")}
+    declared = {c.name.split(" ")[0] for c in COMMANDS}
+    assert listed == declared
