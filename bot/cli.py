@@ -164,17 +164,21 @@ async def _broadcast(gw: Any, args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from consentgate.bot.errors import GatewayError
+    from consentgate.bot.tags import segment_of
 
     campaign = _campaign(gw.settings, args.campaign)
     actor = _actor(campaign, args.as_, change=not args.dry_run)
     try:
+        segment = segment_of(args.tag, args.every_tag, args.exclude_tag)
         result = await gw.broadcasts.create(campaign.slug, gw.rules[campaign.slug]
                                             .channels_enabled, actor, args.channel,
-                                            args.text, args.subject, args.dry_run)
+                                            args.text, args.subject, args.dry_run,
+                                            segment=segment, send_at=args.at)
     except GatewayError as exc:
         return _fail(f"{exc.code}: {exc.detail}")
     _print_json(result)
-    if args.dry_run or not args.wait or not result["audience"]["eligible"]:
+    if (args.dry_run or not args.wait or result["status"] == "scheduled"
+            or not result["audience"]["eligible"]):
         return 0
     total = result["audience"]["eligible"]
     with Progress(TextColumn("[bold]broadcast {task.fields[id]}"), BarColumn(),
@@ -456,6 +460,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--dry-run", action="store_true", help="count the audience, queue nothing")
     b.add_argument("--no-wait", dest="wait", action="store_false",
                    help="queue and return without the progress bar")
+    b.add_argument("--tag", action="append", default=[], metavar="TAG",
+                   help="only subscribers with this tag; repeated: with any of them")
+    b.add_argument("--every-tag", action="append", default=[], metavar="TAG",
+                   help="only subscribers with this tag; repeated: with all of them")
+    b.add_argument("--exclude-tag", action="append", default=[], metavar="TAG",
+                   help="leave out subscribers with this tag (repeatable)")
+    b.add_argument("--at", metavar="WHEN",
+                   help="schedule for this ISO 8601 time with offset, e.g. "
+                        "2026-05-07T07:00:00+01:00 (a running serve or worker sends it)")
 
     i = cmd("import", "import consents from CSV (channel,address,method,source,evidence)")
     campaign_args(i)

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from consentgate.adapters.base import ChannelAdapter
 from consentgate.adapters.log import LogChannel
-from consentgate.bot.broadcasts import BroadcastService
+from consentgate.bot.broadcasts import BroadcastScheduler, BroadcastService
 from consentgate.bot.compose import Composer
 from consentgate.bot.config import CampaignSettings, Settings
 from consentgate.bot.dispatch import Dispatcher
@@ -25,6 +25,7 @@ from consentgate.bot.links import LinkService
 from consentgate.bot.messages import MessageService
 from consentgate.bot.metrics import Metrics
 from consentgate.bot.pgpacer import SharedPacer
+from consentgate.bot.tags import TagService
 from consentgate.bot.telegram import TelegramService, telegram_bots
 from consentgate.bot.tokens import Tokens
 from consentgate.bot.unsubscribe import MailTokens, UnsubscribeService
@@ -120,6 +121,9 @@ class Gateway:
         self.inbound = InboundService(self.db, self.ledger, self.metrics, self.campaigns)
         self.messages = MessageService(self.db, self.gate, self.ledger)
         self.broadcasts = BroadcastService(self.db)
+        self.tags = TagService(self.db, self.ledger)
+        self.scheduler = BroadcastScheduler(self.broadcasts, started=self.dispatcher.wake)
+        self.dispatcher.scheduler = self.scheduler
         self._lock: IO[bytes] | None = None
         self.unsubscribe = UnsubscribeService(self.db, self.ledger, self.metrics,
                                               self.campaigns, self.tokens, self.mail_tokens)

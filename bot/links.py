@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 import secrets
 import string
@@ -39,6 +40,7 @@ from consentgate.adapters.telegram import TelegramChannel
 from consentgate.bot import audit
 from consentgate.bot.config import CampaignSettings
 from consentgate.bot.errors import GatewayError, InvalidInput, NotFound
+from consentgate.bot.tags import tag_names
 from consentgate.storage.db import Database
 from consentgate.storage.models import links
 
@@ -89,6 +91,8 @@ class Link:
     joins: int
     created_by: str
     created_at: float
+    #: Everyone who joins through the link gets these tags.
+    tags: tuple[str, ...] = ()
 
     @property
     def is_invite(self) -> bool:
@@ -125,7 +129,7 @@ def _new_id() -> str:
 def _row_to_link(row: Any) -> Link:
     return Link(row.id, row.campaign, row.channel, row.name, row.url, row.telegram_chat_id,
                 row.expires_at, row.member_limit, row.revoked_at, row.joins, row.created_by,
-                row.created_at)
+                row.created_at, tuple(json.loads(row.tags)) if row.tags else ())
 
 
 def parse_expiry(value: object, now: float | None = None) -> float | None:
@@ -211,6 +215,7 @@ class LinkService:
         telegram_chat_id: object = None,
         expires_at: object = None,
         member_limit: object = None,
+        tags: object = None,
     ) -> Link:
         """Create a link. With ``telegram_chat_id`` (one of the campaign's ``own_chats``)
         Telegram is asked for an invite link that creates join requests; the row is written
@@ -226,11 +231,15 @@ class LinkService:
         chat_id = _chat_id(telegram_chat_id)
         expiry = parse_expiry(expires_at)
         limit = _member_limit(member_limit)
+        given_tags = tag_names(tags)
         link_id = _new_id()
         if chat_id is not None:
             if channel != "telegram":
                 raise InvalidInput("invalid_telegram_chat_id",
                                    "telegram_chat_id needs channel telegram")
+            if given_tags:
+                raise InvalidInput("invalid_tag", "tags go to people who subscribe through a "
+                                   "link; a group invite link subscribes nobody")
             if limit is not None:
                 raise InvalidInput("member_limit_with_join_request",
                                    "Telegram does not allow member_limit on a link that asks "
@@ -246,14 +255,17 @@ class LinkService:
         link = Link(id=link_id, campaign=campaign, channel=channel, name=name, url=url,
                     telegram_chat_id=str(chat_id) if chat_id is not None else None,
                     expires_at=expiry, member_limit=limit, revoked_at=None, joins=0,
-                    created_by=actor, created_at=now)
+                    created_by=actor, created_at=now, tags=given_tags)
         try:
             async with self.db.write() as conn:
-                await conn.execute(links.insert().values(**dataclasses.asdict(link)))
+                await conn.execute(links.insert().values(**{
+                    **dataclasses.asdict(link),
+                    "tags": json.dumps(list(given_tags)) if given_tags else None}))
                 await audit.append(conn, campaign, actor, "link.created", f"link#{link_id}",
                                    {"name": name, "channel": channel,
                                     "telegram_chat_id": link.telegram_chat_id,
-                                    "expires_at": expiry, "member_limit": limit}, at=now)
+                                    "expires_at": expiry, "member_limit": limit,
+                                    "tags": list(given_tags)}, at=now)
         except Exception:
             if chat_id is not None:
                 # Nothing records the invite link: take it back, so no join can come

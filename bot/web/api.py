@@ -13,6 +13,7 @@ from consentgate.bot.consent import Evidence, Status
 from consentgate.bot.errors import InvalidInput, NotFound
 from consentgate.bot.imports import import_consents, import_opt_outs
 from consentgate.bot.messages import iso
+from consentgate.bot.tags import segment_of, tag_names
 from consentgate.bot.versions import consent_text_version
 from consentgate.bot.web.common import channel_of, gateway, operator, read_json
 from consentgate.storage.models import audit_events, inbound_messages
@@ -47,10 +48,12 @@ async def post_consent(request: web.Request) -> web.Response:
         raise InvalidInput("missing_evidence", "source and evidence must be strings")
     ev = Evidence(method, source, evidence, consent_text_version(op.campaign.consent_text),
                   op.name)
+    tags = tag_names(body.get("tags"))
     async with gw.db.write() as conn:
         status = await gw.ledger.record_consent(conn, op.campaign.slug, channel, address, ev,
-                                                by_recipient=False)
-    return _json({"channel": channel, "address": address, "status": status.value}, 201)
+                                                by_recipient=False, tag_names=tags)
+    return _json({"channel": channel, "address": address, "status": status.value,
+                  "tags": list(tags)}, 201)
 
 
 async def post_consent_import(request: web.Request) -> web.Response:
@@ -97,6 +100,7 @@ async def get_subscriber(request: web.Request) -> web.Response:
         state = await gw.ledger.state(conn, op.campaign.slug, channel, address)
         decision = await gw.gate.decide_now(conn, op.campaign.slug, channel, address)
         history = await gw.ledger.history(conn, op.campaign.slug, channel, address)
+        tags = await gw.tags.of(conn, op.campaign.slug, channel, address)
     status = Status.SUPPRESSED if state.suppressed else state.status
     return _json({
         "channel": channel, "address": address, "status": status.value,
@@ -104,7 +108,27 @@ async def get_subscriber(request: web.Request) -> web.Response:
         "reason": decision.reason.value if decision.reason else None,
         "history": [{"at": iso(h.at), "event": h.event, "method": h.method,
                      "source": h.source, "actor": h.actor} for h in history],
+        "tags": tags,
     })
+
+
+async def patch_subscriber(request: web.Request) -> web.Response:
+    """``{add_tags?, remove_tags?}`` -> 200 ``{channel, address, tags}``."""
+    op = operator(request)
+    gw = gateway(request)
+    channel = channel_of(request.match_info["channel"])
+    address = normalise_address(channel, request.match_info["address"],
+                                op.campaign.default_region)
+    body = await read_json(request)
+    tags = await gw.tags.change(op.campaign.slug, op.name, channel, address,
+                                body.get("add_tags"), body.get("remove_tags"))
+    return _json({"channel": channel, "address": address, "tags": tags})
+
+
+async def get_tags(request: web.Request) -> web.Response:
+    op = operator(request)
+    gw = gateway(request)
+    return _json(await gw.tags.counts(op.campaign.slug))
 
 
 async def post_message(request: web.Request) -> web.Response:
@@ -139,13 +163,28 @@ async def post_broadcast(request: web.Request) -> web.Response:
     dry_run = body.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise InvalidInput("invalid_dry_run", "dry_run must be true or false")
+    segment = segment_of(body.get("tags_any"), body.get("tags_all"), body.get("exclude_tags"))
     result = await gw.broadcasts.create(op.campaign.slug, gw.rules[op.campaign.slug]
                                         .channels_enabled, op.name, channel,
-                                        body.get("text"), body.get("subject"), dry_run)
+                                        body.get("text"), body.get("subject"), dry_run,
+                                        segment=segment, send_at=body.get("send_at"))
     if dry_run:
         return _json(result, 200)
-    gw.dispatcher.wake(op.campaign.slug, channel)
+    if result["status"] == "scheduled":
+        gw.scheduler.wake()
+    else:
+        gw.dispatcher.wake(op.campaign.slug, channel)
     return _json(result, 202)
+
+
+async def get_broadcasts(request: web.Request) -> web.Response:
+    """The campaign's broadcasts, newest first (``?limit=`` 1-500, default 100)."""
+    op = operator(request)
+    gw = gateway(request)
+    limit = request.query.get("limit", "100")
+    if not limit.isdigit() or not 1 <= int(limit) <= 500:
+        raise InvalidInput("invalid_query", "limit must be 1-500")
+    return _json(await gw.broadcasts.list(op.campaign.slug, int(limit)))
 
 
 async def get_broadcast(request: web.Request) -> web.Response:
@@ -221,9 +260,12 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/v1/consents/import", post_consent_import)
     r.add_post("/api/v1/opt-outs", post_opt_out)
     r.add_get("/api/v1/subscribers/{channel}/{address}", get_subscriber)
+    r.add_patch("/api/v1/subscribers/{channel}/{address}", patch_subscriber)
+    r.add_get("/api/v1/tags", get_tags)
     r.add_post("/api/v1/messages", post_message)
     r.add_get("/api/v1/messages/{id}", get_message)
     r.add_post("/api/v1/broadcasts", post_broadcast)
+    r.add_get("/api/v1/broadcasts", get_broadcasts)
     r.add_get("/api/v1/broadcasts/{id}", get_broadcast)
     r.add_post("/api/v1/broadcasts/{id}/cancel", cancel_broadcast)
     r.add_post("/api/v1/broadcasts/{id}/resume", resume_broadcast)

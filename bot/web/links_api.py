@@ -35,6 +35,7 @@ def link_view(service: LinkService, link: Link) -> dict[str, Any]:
         "active": link.is_live(),
         "created_by": link.created_by,
         "created_at": iso(link.created_at),
+        "tags": list(link.tags),
     }
 
 
@@ -45,7 +46,8 @@ async def post_link(request: web.Request) -> web.Response:
     link = await gw.links.create(
         op.campaign.slug, op.name, channel=channel_of(body.get("channel")),
         name=body.get("name"), telegram_chat_id=body.get("telegram_chat_id"),
-        expires_at=body.get("expires_at"), member_limit=body.get("member_limit"))
+        expires_at=body.get("expires_at"), member_limit=body.get("member_limit"),
+        tags=body.get("tags"))
     answer = link_view(gw.links, link)
     answer["qr_svg"] = qr_svg(link.url)
     return web.json_response(answer, status=201)
