@@ -33,7 +33,7 @@ from consentgate.bot import audit, outbox
 from consentgate.bot.errors import Conflict, Forbidden, InvalidInput, NotFound
 from consentgate.bot.ledger import suppressed_clause
 from consentgate.bot.messages import MAX_TEXT, iso
-from consentgate.bot.tags import Segment, segment_clause
+from consentgate.bot.tags import Segment, segment_filter
 from consentgate.storage.db import Database
 from consentgate.storage.models import broadcasts, messages, subscriptions
 
@@ -162,11 +162,15 @@ def _eligible(campaign: str, channel: str) -> Any:
                 ~suppressed_clause(s.c.channel, s.c.address_hash, s.c.consented_at))
 
 
-def _members(segment: Segment, campaign: str, channel: str, lo: int | None = None,
-             hi: int | None = None) -> list[Any]:
-    """The segment's condition on ``subscriptions`` (none for everyone)."""
-    clause = segment_clause(segment, campaign, channel, subscriptions.c.id, lo, hi)
-    return [] if clause is None else [clause]
+def _audience(segment: Segment, campaign: str, channel: str, lo: int | None = None,
+              hi: int | None = None) -> tuple[Any, list[Any]]:
+    """``subscriptions`` (joined to the segment's members, if it names tags to have) and the
+    segment's other conditions: the FROM and WHERE shared by the count and the enqueue."""
+    s = subscriptions
+    members, conds = segment_filter(segment, campaign, channel, s.c.id, lo, hi)
+    if members is None:
+        return s, conds
+    return s.join(members, s.c.id == members.c.subscription_id), conds
 
 
 def _summary(b: Any, found: dict[str, int], judged: dict[str, int]) -> dict[str, Any]:
@@ -212,11 +216,11 @@ class BroadcastService:
         ``segment``: whom a broadcast would queue now, and why the others would not get it."""
         reason = _exclusion_reason().label("reason")
         s = subscriptions
+        source, conds = _audience(segment, campaign, channel)
         async with self.db.read() as conn:
             rows = await conn.execute(
-                select(reason, func.count()).select_from(s)
-                .where(s.c.campaign == campaign, s.c.channel == channel,
-                       *_members(segment, campaign, channel))
+                select(reason, func.count()).select_from(source)
+                .where(s.c.campaign == campaign, s.c.channel == channel, *conds)
                 .group_by(reason))
             counts = {r: int(n) for r, n in rows}
         eligible = counts.pop("eligible", 0)
@@ -343,12 +347,13 @@ class BroadcastService:
     async def _enqueue_range(self, conn: AsyncConnection, b: Any, lo: int, hi: int) -> int:
         s = subscriptions
         now = time.time()
+        source, conds = _audience(_segment(b), b.campaign, b.channel, lo, hi)
         chosen = select(
             s.c.campaign, s.c.channel, s.c.address, s.c.address_hash,
             literal("campaign"), literal("queued"), literal(b.id), literal(0),
             literal(b.created_by), literal(now), literal(now), literal(now),
-        ).where(_eligible(b.campaign, b.channel), s.c.id > lo, s.c.id <= hi,
-                *_members(_segment(b), b.campaign, b.channel, lo, hi))
+        ).select_from(source).where(_eligible(b.campaign, b.channel), s.c.id > lo,
+                                    s.c.id <= hi, *conds)
         result = await conn.execute(messages.insert().from_select(
             ["campaign", "channel", "address", "address_hash", "kind", "status",
              "broadcast_id", "attempts", "created_by", "created_at", "updated_at",

@@ -7,7 +7,7 @@ operator can correct it (:meth:`TagService.change`). A campaign's tags are read 
 only under that campaign.
 
 Tag names are checked in one pure function, :func:`tag_names`; segments are a frozen
-:class:`Segment` turned into set-based SQL by :func:`segment_clause`, used alike by the dry
+:class:`Segment` turned into set-based SQL by :func:`segment_filter`, used alike by the dry
 run's count and by the enqueue, so the count is exactly the audience.
 """
 
@@ -37,7 +37,7 @@ __all__ = [
     "Segment",
     "TagService",
     "add_tags",
-    "segment_clause",
+    "segment_filter",
     "segment_of",
     "tag_names",
     "tags_of",
@@ -103,14 +103,15 @@ def segment_of(tags_any: object = None, tags_all: object = None,
                    tag_names(exclude_tags, "exclude_tags"))
 
 
-def segment_clause(segment: Segment, campaign: str, channel: str, sub_id: Any,
-                   lo: int | None = None, hi: int | None = None) -> Any:
-    """SQL truth of "the subscription ``sub_id`` is in ``segment``" (None for everyone).
-
-    Each list is an ``IN`` over ``ix_subscription_tags_segment`` (who has these tags in this
-    campaign and channel), so a narrow segment is found from its tags, not by reading every
-    subscriber. ``lo < id <= hi`` bounds those lists too when the caller reads one id range
-    (a batch of the enqueue)."""
+def segment_filter(segment: Segment, campaign: str, channel: str, sub_id: Any,
+                   lo: int | None = None, hi: int | None = None) -> tuple[Any, list[Any]]:
+    """The segment as SQL: ``(members, conditions)``. ``members`` is a subquery of the
+    subscription ids with any of ``tags_any`` (or the first of ``tags_all``) to drive the
+    query from, read from ``ix_subscription_tags_segment``, so a narrow segment is found
+    from its tags and not by reading every subscriber; None when the segment names no tag
+    a subscriber must have. ``conditions`` on ``sub_id`` are the rest (each other
+    ``tags_all`` tag, ``exclude_tags``). ``lo < id <= hi`` bounds each tag list too when the
+    caller reads one id range (a batch of the enqueue)."""
     t = subscription_tags
 
     def having(tags: Sequence[str]) -> Any:
@@ -119,15 +120,19 @@ def segment_clause(segment: Segment, campaign: str, channel: str, sub_id: Any,
             where.append(t.c.subscription_id > lo)
         if hi is not None:
             where.append(t.c.subscription_id <= hi)
-        return sub_id.in_(select(t.c.subscription_id).where(*where))
+        return select(t.c.subscription_id).where(*where)
 
-    conds = []
+    must = list(segment.tags_all)
     if segment.tags_any:
-        conds.append(having(segment.tags_any))
-    conds.extend(having([tag]) for tag in segment.tags_all)
+        members = having(segment.tags_any).distinct().subquery("members")
+    elif must:
+        members = having([must.pop(0)]).subquery("members")
+    else:
+        members = None
+    conds = [sub_id.in_(having([tag])) for tag in must]
     if segment.exclude_tags:
-        conds.append(~having(segment.exclude_tags))
-    return and_(*conds) if conds else None
+        conds.append(~sub_id.in_(having(segment.exclude_tags)))
+    return members, conds
 
 
 async def add_tags(conn: AsyncConnection, subscription_ids: Iterable[int], campaign: str,

@@ -52,8 +52,7 @@ async def post_consent(request: web.Request) -> web.Response:
     async with gw.db.write() as conn:
         status = await gw.ledger.record_consent(conn, op.campaign.slug, channel, address, ev,
                                                 by_recipient=False, tag_names=tags)
-    return _json({"channel": channel, "address": address, "status": status.value,
-                  "tags": list(tags)}, 201)
+    return _json({"channel": channel, "address": address, "status": status.value}, 201)
 
 
 async def post_consent_import(request: web.Request) -> web.Response:
