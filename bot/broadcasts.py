@@ -33,7 +33,7 @@ from consentgate.bot import audit, outbox
 from consentgate.bot.errors import Conflict, Forbidden, InvalidInput, NotFound
 from consentgate.bot.ledger import suppressed_clause
 from consentgate.bot.messages import MAX_TEXT, iso
-from consentgate.bot.tags import Segment, segment_filter
+from consentgate.bot.tags import Segment, segment_exists, segment_filter
 from consentgate.storage.db import Database
 from consentgate.storage.models import broadcasts, messages, subscriptions
 
@@ -173,6 +173,23 @@ def _audience(segment: Segment, campaign: str, channel: str, lo: int | None = No
     return s.join(members, s.c.id == members.c.subscription_id), conds
 
 
+async def _hash_boundary(conn: AsyncConnection, channel: str, after: str,
+                         batch: int) -> tuple[str, bool]:
+    """The keyed hash ``batch`` subscriptions (of any campaign) after ``after`` on this
+    channel, in ``ix_subscriptions_hash`` order, and whether that is the last range. The
+    last range ends at the highest hash rather than being open: with no upper bound the
+    planner may read the whole audience index instead of the hash range."""
+    s = subscriptions
+    found = (await conn.execute(
+        select(s.c.address_hash).where(s.c.channel == channel, s.c.address_hash > after)
+        .order_by(s.c.address_hash).offset(batch - 1).limit(1))).scalar()
+    if found is not None:
+        return str(found), False
+    highest = (await conn.execute(select(func.max(s.c.address_hash)).where(
+        s.c.channel == channel))).scalar()
+    return (str(highest) if highest is not None and highest > after else after), True
+
+
 def _summary(b: Any, found: dict[str, int], judged: dict[str, int]) -> dict[str, Any]:
     """A broadcast as the API shows it: its row, and its messages counted by status
     (``judged``: those the failure rule looks at)."""
@@ -207,8 +224,10 @@ def _summary(b: Any, found: dict[str, int], judged: dict[str, int]) -> dict[str,
 
 
 class BroadcastService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, batch: int = BATCH) -> None:
         self.db = db
+        #: About how many subscriptions one enqueue transaction reads.
+        self.batch = batch
 
     async def audience(self, campaign: str, channel: str,
                        segment: Segment = EVERYONE) -> dict[str, Any]:
@@ -247,6 +266,8 @@ class BroadcastService:
             return {"id": None, "status": "dry_run", "audience": audience,
                     "segment": segment.as_dict(), "send_at": iso(due)}
         stored_segment = None if segment.everyone else json.dumps(segment.as_dict())
+        walk = None if due is not None else await self._walk(campaign, channel, segment,
+                                                             audience)
         async with self.db.write() as conn:
             upper = (await conn.execute(select(func.max(subscriptions.c.id)))).scalar() or 0
             broadcast_id = int((await conn.execute(broadcasts.insert().values(
@@ -254,7 +275,7 @@ class BroadcastService:
                 status="enqueuing" if due is None else "scheduled", cursor=0,
                 upper=upper if due is None else 0, eligible=0,
                 excluded=json.dumps(audience["excluded"]), created_by=actor,
-                created_at=now, segment=stored_segment, send_at=due,
+                created_at=now, segment=stored_segment, send_at=due, hash_cursor=walk,
                 started_at=now if due is None else None).returning(broadcasts.c.id))
             ).scalar_one())
             await audit.append(conn, campaign, actor,
@@ -304,6 +325,7 @@ class BroadcastService:
         # Resolved now, not when it was scheduled: who subscribed, left or changed tags
         # meanwhile counts as of now.
         audience = await self.audience(b.campaign, b.channel, _segment(b))
+        walk = await self._walk(b.campaign, b.channel, _segment(b), audience)
         async with self.db.write() as conn:
             upper = (await conn.execute(select(func.max(subscriptions.c.id)))).scalar() or 0
             # Only from ``scheduled``: a cancel, or another process starting it, came first.
@@ -311,7 +333,7 @@ class BroadcastService:
                 update(broadcasts).where(broadcasts.c.id == broadcast_id,
                                          broadcasts.c.status == "scheduled")
                 .values(status="enqueuing", upper=upper, cursor=0, started_at=now,
-                        excluded=json.dumps(audience["excluded"])))
+                        hash_cursor=walk, excluded=json.dumps(audience["excluded"])))
             if not result.rowcount:
                 return None
             late = max(0.0, now - float(b.send_at))
@@ -324,8 +346,32 @@ class BroadcastService:
         await self.enqueue(broadcast_id)
         return (b.campaign, b.channel, broadcast_id)
 
-    async def enqueue(self, broadcast_id: int, batch: int = BATCH) -> int:
-        """Queue the eligible audience in id ranges, one transaction each (resumable)."""
+    async def _walk(self, campaign: str, channel: str, segment: Segment,
+                    audience: dict[str, Any]) -> str | None:
+        """How :meth:`enqueue` walks this audience: ``""`` (the start of the hash order)
+        for most of the channel's list, None (id ranges, read from the tags) for a segment
+        of under a quarter of it, where reading the whole list would cost more than the
+        outbox index saves."""
+        if segment.everyone or not (segment.tags_any or segment.tags_all):
+            return ""
+        size = audience["eligible"] + sum(audience["excluded"].values())
+        s = subscriptions
+        async with self.db.read() as conn:
+            total = (await conn.execute(select(func.count()).select_from(s).where(
+                s.c.campaign == campaign, s.c.channel == channel))).scalar_one()
+        return "" if size * 4 >= total else None
+
+    async def enqueue(self, broadcast_id: int, batch: int | None = None) -> int:
+        """Queue the eligible audience in ranges of about ``batch`` subscriptions, one
+        transaction each (resumable).
+
+        The ranges are of keyed hashes, not of ids: ``ix_messages_recipient`` begins with
+        the hash, so a batch taken in hash order adds its rows to one narrow part of that
+        index instead of to pages all over it (each transaction then rewrites a few dozen
+        pages, not thousands). ``hash_cursor`` is the last hash done; ``upper`` (the
+        highest subscription id when it started) keeps later sign-ups out. A narrow
+        segment (see :meth:`_walk`) and a broadcast whose queueing began before hash
+        ranges go in id ranges (``hash_cursor`` None), ``cursor`` the last id done."""
         while True:
             async with self.db.write(bulk=True) as conn:
                 # Locked (PostgreSQL): two processes finishing the same broadcast at start-up
@@ -334,15 +380,47 @@ class BroadcastService:
                     broadcasts.c.id == broadcast_id).with_for_update())).one()
                 if b.status != "enqueuing":
                     return int(b.eligible)
+                batch = batch or self.batch
                 lo = int(b.cursor)
                 if lo >= b.upper:
                     await conn.execute(update(broadcasts).where(broadcasts.c.id == broadcast_id)
                                        .values(status="queued"))
                     return int(b.eligible)
-                hi = min(int(b.upper), lo + batch)
-                n = await self._enqueue_range(conn, b, lo, hi)
+                if b.hash_cursor is None:  # a narrow segment, or begun before hash ranges
+                    hi = min(int(b.upper), lo + batch)
+                    n = await self._enqueue_range(conn, b, lo, hi)
+                    await conn.execute(update(broadcasts).where(broadcasts.c.id == broadcast_id)
+                                       .values(cursor=hi, eligible=broadcasts.c.eligible + n))
+                    continue
+                after = b.hash_cursor or ""
+                until, last = await _hash_boundary(conn, b.channel, after, batch)
+                n = await self._enqueue_hashes(conn, b, after, until) if until > after else 0
+                # Done: the id cursor at ``upper`` says so (also to resume()).
+                done: dict[str, Any] = {"cursor": b.upper} if last else {}
                 await conn.execute(update(broadcasts).where(broadcasts.c.id == broadcast_id)
-                                   .values(cursor=hi, eligible=broadcasts.c.eligible + n))
+                                   .values(hash_cursor=until, eligible=broadcasts.c.eligible + n,
+                                           **done))
+
+    async def _enqueue_hashes(self, conn: AsyncConnection, b: Any, after: str,
+                              until: str) -> int:
+        """Queue the eligible audience with ``after < address_hash <= until``, read through
+        ``ix_subscriptions_hash``; the segment is checked per row on the tags' primary
+        key."""
+        s = subscriptions
+        now = time.time()
+        in_range = [s.c.channel == b.channel, s.c.address_hash > after,
+                    s.c.address_hash <= until]
+        chosen = select(
+            s.c.campaign, s.c.channel, s.c.address, s.c.address_hash,
+            literal("campaign"), literal("queued"), literal(b.id), literal(0),
+            literal(b.created_by), literal(now), literal(now), literal(now),
+        ).where(*in_range, _eligible(b.campaign, b.channel), s.c.id <= b.upper,
+                *segment_exists(_segment(b), s.c.id))
+        result = await conn.execute(messages.insert().from_select(
+            ["campaign", "channel", "address", "address_hash", "kind", "status",
+             "broadcast_id", "attempts", "created_by", "created_at", "updated_at",
+             "not_before"], chosen))
+        return int(result.rowcount or 0)
 
     async def _enqueue_range(self, conn: AsyncConnection, b: Any, lo: int, hi: int) -> int:
         s = subscriptions

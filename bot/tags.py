@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, case, delete, func, select
+from sqlalchemy import and_, case, delete, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consentgate.bot import audit
@@ -37,6 +37,7 @@ __all__ = [
     "Segment",
     "TagService",
     "add_tags",
+    "segment_exists",
     "segment_filter",
     "segment_of",
     "tag_names",
@@ -133,6 +134,24 @@ def segment_filter(segment: Segment, campaign: str, channel: str, sub_id: Any,
     if segment.exclude_tags:
         conds.append(~sub_id.in_(having(segment.exclude_tags)))
     return members, conds
+
+
+def segment_exists(segment: Segment, sub_id: Any) -> list[Any]:
+    """The segment as conditions on one subscription ``sub_id`` at a time (each a probe of
+    the tags' primary key): for a query that reads subscriptions in another order (the
+    enqueue's hash ranges). The same set as :func:`segment_filter`."""
+    t = subscription_tags
+
+    def has(tags: Sequence[str]) -> Any:
+        return exists().where(t.c.subscription_id == sub_id, t.c.tag.in_(list(tags)))
+
+    conds = []
+    if segment.tags_any:
+        conds.append(has(segment.tags_any))
+    conds.extend(has([tag]) for tag in segment.tags_all)
+    if segment.exclude_tags:
+        conds.append(~has(segment.exclude_tags))
+    return conds
 
 
 async def add_tags(conn: AsyncConnection, subscription_ids: Iterable[int], campaign: str,

@@ -172,6 +172,9 @@ broadcasts = Table(
     # gateway was down at the time.
     Column("send_at", Float, nullable=True),
     Column("started_at", Float, nullable=True),
+    # Queueing walks the audience in keyed-hash order (see bot.broadcasts.enqueue): the
+    # last hash done.
+    Column("hash_cursor", String(64), nullable=True),
     Index("ix_broadcasts_campaign", "campaign"),
     Index("ix_broadcasts_due", "status", "send_at"),
 )

@@ -389,3 +389,25 @@ async def test_a_telegram_sign_up_through_a_links_deep_link_gets_its_tags(
         await eventually(tagged, "the Telegram subscriber to have the link's tag")
         code, tags = await h.api("GET", "/api/v1/tags")
         assert tags == [{"tag": "hustings-leeds", "channel": "telegram", "subscribed": 1}]
+
+
+async def test_queueing_in_small_batches_queues_each_person_of_a_segment_once(
+        gw: Harness) -> None:
+    """Most of the list is queued in keyed-hash ranges, a narrow segment in id ranges read
+    from its tag: either way, in many small transactions, each person exactly once."""
+    people = [f"+4479111001{i:02d}" for i in range(24)]
+    for i, number in enumerate(people):
+        await consent(gw, number, ["volunteer"] + (["rare"] if i % 8 == 0 else []))
+    await gw.api("POST", "/api/v1/opt-outs", {"channel": "sms", "address": people[1]})
+    gw.gateway.broadcasts.batch = 5
+    for segment, wanted in [({}, people[:1] + people[2:]),
+                            ({"tags_any": ["volunteer"], "exclude_tags": ["rare"]},
+                             [p for i, p in enumerate(people) if i % 8 and i != 1]),
+                            ({"tags_all": ["rare", "volunteer"]}, people[::8])]:
+        _, dry = await broadcast(gw, dry_run=True, **segment)
+        code, sent = await broadcast(gw, **segment)
+        assert code == 202 and sent["audience"] == dry["audience"], segment
+        async with gw.db.read() as conn:
+            queued = [r.address for r in await conn.execute(
+                select(messages.c.address).where(messages.c.broadcast_id == sent["id"]))]
+        assert sorted(queued) == sorted(wanted), segment

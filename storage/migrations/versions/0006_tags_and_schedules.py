@@ -4,7 +4,8 @@
 subscription tag X", ``ix_subscription_tags_segment`` lists who has tag X in a campaign and
 channel); links carry the tags their joiners get; broadcasts keep their segment, when they
 are due (``send_at``) and when they really started (``started_at``), with an index the
-scheduler polls.
+scheduler polls, and the keyed hash their queueing has reached (``hash_cursor``: queueing
+walks the audience in hash order, which is the order of the outbox's recipient index).
 
 Revision ID: 0006
 Revises: 0003
@@ -39,12 +40,14 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('segment', sa.Text(), nullable=True))
         batch_op.add_column(sa.Column('send_at', sa.Float(), nullable=True))
         batch_op.add_column(sa.Column('started_at', sa.Float(), nullable=True))
+        batch_op.add_column(sa.Column('hash_cursor', sa.String(length=64), nullable=True))
         batch_op.create_index('ix_broadcasts_due', ['status', 'send_at'], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table('broadcasts', schema=None) as batch_op:
         batch_op.drop_index('ix_broadcasts_due')
+        batch_op.drop_column('hash_cursor')
         batch_op.drop_column('started_at')
         batch_op.drop_column('send_at')
         batch_op.drop_column('segment')
