@@ -460,7 +460,7 @@ class BroadcastService:
                                                        dispatched_since=b.resumed_at)
         return _summary(b, found, judged)
 
-    async def list(self, campaign: str, limit: int = 100) -> list[dict[str, Any]]:
+    async def list(self, campaign: str, limit: int = 20) -> list[dict[str, Any]]:
         """The campaign's broadcasts, newest first, each as :meth:`view` shows it."""
         m = messages
         async with self.db.read() as conn:

@@ -177,12 +177,13 @@ async def post_broadcast(request: web.Request) -> web.Response:
 
 
 async def get_broadcasts(request: web.Request) -> web.Response:
-    """The campaign's broadcasts, newest first (``?limit=`` 1-500, default 100)."""
+    """The campaign's broadcasts, newest first (``?limit=`` 1-100, default 20: each is
+    counted by message status, which reads its outbox rows)."""
     op = operator(request)
     gw = gateway(request)
-    limit = request.query.get("limit", "100")
-    if not limit.isdigit() or not 1 <= int(limit) <= 500:
-        raise InvalidInput("invalid_query", "limit must be 1-500")
+    limit = request.query.get("limit", "20")
+    if not limit.isdigit() or not 1 <= int(limit) <= 100:
+        raise InvalidInput("invalid_query", "limit must be 1-100")
     return _json(await gw.broadcasts.list(op.campaign.slug, int(limit)))
 
 
