@@ -411,3 +411,20 @@ async def test_queueing_in_small_batches_queues_each_person_of_a_segment_once(
             queued = [r.address for r in await conn.execute(
                 select(messages.c.address).where(messages.c.broadcast_id == sent["id"]))]
         assert sorted(queued) == sorted(wanted), segment
+
+
+async def test_segments_and_schedules_on_postgres(pg_url: str) -> None:
+    async with running_gateway(pg_url) as h:
+        await six_people(h)
+        segment = {"tags_any": ["volunteer"], "exclude_tags": ["ward-north"]}
+        _, dry = await broadcast(h, dry_run=True, **segment)
+        assert dry["audience"] == {"eligible": 1, "excluded": {"suppressed": 1}}
+        _, scheduled = await broadcast(h, send_at=at(timedelta(hours=1)), **segment)
+        assert scheduled["status"] == "scheduled"
+        assert await h.gateway.scheduler.run_due() == []
+        advance_clock(h, 3600 + 5)
+        done = await wait_done(h, scheduled["id"])
+        assert done["counts"]["sent"] == 1
+        assert [m.to for m in h.twilio.messages] == [BEN]
+        _, tags = await h.api("GET", "/api/v1/tags")
+        assert {t["tag"]: t["subscribed"] for t in tags} == {"volunteer": 2, "ward-north": 2}
