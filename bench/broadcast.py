@@ -4,7 +4,13 @@ subscriber list, and the process's peak memory while doing it. ``--dispatch`` th
 whole broadcast to the loopback Twilio fake (logging to ``bench/out/broadcast.log``), which
 takes minutes at 100,000.
 
+``--tags 20`` measures segments instead: every subscriber gets two of 20 tags (``ward-0X``
+by id mod 10, ``group-0X`` by id div 10 mod 10, so each tag is a tenth of the list and the
+two are independent), then dry runs of a one-tag, a two-tag ``tags_all`` and a nine-tenths
+segment, and segmented enqueues of a tenth and of everyone (all ten ward tags).
+
     .venv/bin/python -m bench.broadcast [--n 100000] [--backend sqlite|postgres] [--dispatch]
+                                        [--tags 20]
 """
 
 from __future__ import annotations
@@ -12,6 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from typing import Any
+
+from sqlalchemy import String, cast, literal, select
 
 from bench._common import (
     add_backend_option,
@@ -25,6 +34,9 @@ from bench._common import (
     write_report,
 )
 from consentgate.bot.runtime import tune_garbage_collector
+from consentgate.bot.tags import Segment
+from consentgate.storage.db import Database
+from consentgate.storage.models import subscription_tags, subscriptions
 from consentgate.testing.harness import JANE, running_gateway
 
 TEXT = "Polling day is Thursday 7 May. Find your polling station at https://example.org/where"
@@ -33,6 +45,65 @@ RATE = 100_000.0
 
 def _goal(value: float, limit: float) -> str:
     return f"goal < {limit:g} s " + ("(met)" if value < limit else "(NOT met)")
+
+
+async def seed_tags(db: Database, n: int, tags: int, chunk: int = 100_000) -> None:
+    """Two tags per subscriber out of ``tags`` (half ``ward-0X``, half ``group-0X``), set-based
+    by id, as an import with a ``tags`` column would leave them."""
+    half = tags // 2
+    s = subscriptions
+    now = time.time()
+    for prefix, bucket in (("ward-0", s.c.id % half), ("group-0", (s.c.id // half) % half)):
+        for lo in range(0, n, chunk):
+            chosen = select(s.c.id, literal(prefix) + cast(bucket, String), s.c.campaign,
+                            s.c.channel, literal(now)).where(s.c.id > lo, s.c.id <= lo + chunk)
+            async with db.write(bulk=True) as conn:
+                await conn.execute(subscription_tags.insert().from_select(
+                    ["subscription_id", "tag", "campaign", "channel", "created_at"], chosen))
+    await db.refresh_statistics("subscription_tags")
+
+
+async def _segmented(gw: Any, n: int, tags: int) -> list[tuple[str, Any, str]]:
+    channels = frozenset(gw.campaigns[JANE].channels())
+    half = tags // 2
+    wards = tuple(f"ward-0{i}" for i in range(half))
+    rows: list[tuple[str, Any, str]] = []
+    started = time.perf_counter()
+    await seed_tags(gw.db, n, tags)
+    rows.append(("seed tags s", time.perf_counter() - started,
+                 f"{2 * n:,} rows, {tags} tags (no goal)"))
+    dry_runs = [
+        ("one tag (a tenth)", Segment(tags_any=("ward-03",)), n // half),
+        ("tags_all of two (a hundredth)", Segment(tags_all=("group-05", "ward-03")),
+         n // half // half),
+        ("nine tenths (ten tags, one excluded)",
+         Segment(tags_any=wards, exclude_tags=("group-00",)), n - n // half),
+    ]
+    for label, segment, expected in dry_runs:
+        started, cpu = time.perf_counter(), time.process_time()
+        dry = await gw.broadcasts.create(JANE, channels, "bench", "sms", TEXT, dry_run=True,
+                                         segment=segment)
+        took, cpu = time.perf_counter() - started, time.process_time() - cpu
+        assert abs(dry["audience"]["eligible"] - expected) <= half, (label, dry)
+        rows.append((f"dry run, {label} s", took, _goal(took, 1.0)))
+        rows.append(("  CPU s of the process", cpu, "all threads (the machine is shared)"))
+    for label, segment, expected in [
+            ("a tenth", Segment(tags_any=("ward-07",)), n // half),
+            ("everyone by tags (ten tags)", Segment(tags_any=wards), n)]:
+        reset_peak_rss()
+        started, cpu = time.perf_counter(), time.process_time()
+        created = await gw.broadcasts.create(JANE, channels, "bench", "sms", TEXT,
+                                             segment=segment)
+        took, cpu = time.perf_counter() - started, time.process_time() - cpu
+        assert abs(created["audience"]["eligible"] - expected) <= half, (label, created)
+        goal = _goal(took, 10.0 * n / 1_000_000) if expected == n else "(no goal)"
+        rows.append((f"create, {label}: {created['audience']['eligible']:,} s", took, goal))
+        rows.append((f"  enqueue rows/s, {label}", created["audience"]["eligible"] / took, ""))
+        rows.append(("  CPU s of the process", cpu, "all threads (the machine is shared)"))
+        peak = phase_peak_rss_mb()
+        if peak is not None:
+            rows.append(("  peak RSS MiB in that enqueue", peak, "VmHWM, reset per phase"))
+    return rows
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -49,6 +120,14 @@ async def run(args: argparse.Namespace) -> None:
         tune_garbage_collector()  # as serve does
         rss_before = peak_rss_mb()
         phased = reset_peak_rss()
+
+        if args.tags:
+            rows = await _segmented(gw, n, args.tags)
+            rows.insert(0, ("seed subscribers s", seeded, f"{n:,} rows, bulk insert (no goal)"))
+            rows.append(("peak RSS MiB, whole run", peak_rss_mb(), "getrusage ru_maxrss"))
+            write_report("broadcast", {"backend": args.backend, "n": n, "tags": args.tags},
+                         rows)
+            return
 
         started = time.perf_counter()
         dry = await gw.broadcasts.create(JANE, channels, "bench", "sms", TEXT, dry_run=True)
@@ -107,6 +186,8 @@ def main() -> int:
                         help="also send the whole broadcast to the loopback Twilio fake")
     parser.add_argument("--timeout", type=float, default=1800.0,
                         help="with --dispatch: give up after this many seconds")
+    parser.add_argument("--tags", type=int, default=0,
+                        help="measure segments over this many tags (even, at most 20)")
     add_backend_option(parser)
     return run_main(run, parser.parse_args())
 

@@ -1,30 +1,53 @@
-"""Broadcasts: who is in the audience, queueing them in batches, progress, pause, resume
-and cancel.
+"""Broadcasts: who is in the audience, queueing them in batches, progress, pause, resume,
+cancel, and broadcasts scheduled for later.
 
-The audience is resolved by set-based SQL (one statement counts it by reason; one
-INSERT ... SELECT per batch queues it), never by a Python loop over people. Each batch is its
-own short transaction so a STOP never waits long behind a broadcast, and the broadcast row
-keeps a cursor, so a crash during queueing resumes where it stopped.
+The audience is a channel's subscribers, or a segment of them by tags (:mod:`bot.tags`). It
+is resolved by set-based SQL (one statement counts it by reason; one INSERT ... SELECT per
+batch queues it), never by a Python loop over people, and the count and the enqueue share
+one condition, so a dry run counts exactly whom the same request would reach. Each batch is
+its own short transaction so a STOP never waits long behind a broadcast, and the broadcast
+row keeps a cursor, so a crash during queueing resumes where it stopped.
+
+A broadcast with ``send_at`` waits in the database (status ``scheduled``) until then:
+:class:`BroadcastScheduler` starts it when it is due, in whichever process runs a dispatcher,
+also after a restart, late if the gateway was down at the time (``started_at`` shows it).
+Its audience is resolved when it starts, and the gate decides each message when it is sent,
+so a person who opted out while it waited gets nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from sqlalchemy import String, and_, case, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consentgate.bot import audit, outbox
-from consentgate.bot.errors import Conflict, Forbidden, NotFound
+from consentgate.bot.errors import Conflict, Forbidden, InvalidInput, NotFound
 from consentgate.bot.ledger import suppressed_clause
 from consentgate.bot.messages import check_text, iso
 from consentgate.bot.outbox import MessageStatus
+from consentgate.bot.tags import Segment, segment_exists, segment_filter
 from consentgate.storage.db import Database
 from consentgate.storage.models import broadcasts, messages, subscriptions
 
-__all__ = ["BroadcastService", "MESSAGE_STATUSES", "pause_if_failing"]
+__all__ = [
+    "BroadcastScheduler",
+    "BroadcastService",
+    "MESSAGE_STATUSES",
+    "parse_send_at",
+    "pause_if_failing",
+]
+
+_log = structlog.get_logger("consentgate.broadcasts")
+EVERYONE = Segment()
 
 MESSAGE_STATUSES = tuple(MessageStatus)
 BATCH = 5000
@@ -41,6 +64,43 @@ PAUSE_FAILURE_RATE = 0.05
 #: ``not_before`` of the queued messages of a paused broadcast: held until it is resumed
 #: (then due at once) or cancelled.
 HELD_UNTIL = 253402300799.0  # 9999-12-31T23:59:59Z
+#: A ``send_at`` this far in the past is refused as a likely mistake (a wrong year or day
+#: would otherwise send at once); closer than that, the broadcast goes now.
+SEND_AT_GRACE = 60.0
+#: A scheduled broadcast that started more than this after its ``send_at`` shows as late.
+LATE_AFTER = 60.0
+
+
+def parse_send_at(value: object, now: float) -> float | None:
+    """``send_at`` as given: an ISO 8601 date-time with its UTC offset (``Z`` or ``+01:00``:
+    "7 am" means nothing without one), as UNIX seconds; None when absent or due within
+    :data:`SEND_AT_GRACE` (send now). Raises ``invalid_send_at`` (422)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput("invalid_send_at", "send_at must be an ISO 8601 date-time with an "
+                                              "offset, e.g. 2026-05-07T07:00:00+01:00")
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace(
+            "z", "+00:00"))
+    except ValueError:
+        raise InvalidInput("invalid_send_at", "send_at must be an ISO 8601 date-time with an "
+                                              "offset, e.g. 2026-05-07T07:00:00+01:00") from None
+    if parsed.tzinfo is None:
+        raise InvalidInput("invalid_send_at", "send_at needs a UTC offset (Z or +01:00): "
+                                              "the time of day alone is ambiguous")
+    at = parsed.astimezone(UTC).timestamp()
+    if at < now - SEND_AT_GRACE:
+        raise InvalidInput("invalid_send_at", "send_at is in the past")
+    return at if at > now else None
+
+
+def _segment(row: Any) -> Segment:
+    if not row.segment:
+        return Segment()
+    raw = json.loads(row.segment)
+    return Segment(tuple(raw.get("tags_any", ())), tuple(raw.get("tags_all", ())),
+                   tuple(raw.get("exclude_tags", ())))
 
 
 def _failure_figures(counts: dict[str, int]) -> tuple[int, int]:
@@ -105,19 +165,93 @@ def _eligible(campaign: str, channel: str) -> Any:
                 ~suppressed_clause(s.c.channel, s.c.address_hash, s.c.consented_at))
 
 
+def _audience(segment: Segment, campaign: str, channel: str, lo: int | None = None,
+              hi: int | None = None) -> tuple[Any, list[Any]]:
+    """``subscriptions`` (joined to the segment's members, if it names tags to have) and the
+    segment's other conditions: the FROM and WHERE shared by the count and the enqueue."""
+    s = subscriptions
+    members, conds = segment_filter(segment, campaign, channel, s.c.id, lo, hi)
+    if members is None:
+        return s, conds
+    return s.join(members, s.c.id == members.c.subscription_id), conds
+
+
+async def _hash_boundary(conn: AsyncConnection, channel: str, after: str,
+                         batch: int) -> tuple[str, bool]:
+    """The keyed hash ``batch`` subscriptions (of any campaign) after ``after`` on this
+    channel, in ``ix_subscriptions_hash`` order, and whether that is the last range. The
+    last range ends at the highest hash rather than being open: with no upper bound the
+    planner may read the whole audience index instead of the hash range."""
+    s = subscriptions
+    found = (await conn.execute(
+        select(s.c.address_hash).where(s.c.channel == channel, s.c.address_hash > after)
+        .order_by(s.c.address_hash).offset(batch - 1).limit(1))).scalar()
+    if found is not None:
+        return str(found), False
+    highest = (await conn.execute(select(func.max(s.c.address_hash)).where(
+        s.c.channel == channel))).scalar()
+    return (str(highest) if highest is not None and highest > after else after), True
+
+
+def _summary(b: Any, found: dict[str, int], judged: dict[str, int],
+             pause_after_attempts: int) -> dict[str, Any]:
+    """A broadcast as the API shows it: its row, and its messages counted by status
+    (``judged``: those the failure rule looks at)."""
+    counts = {k: found.get(k, 0) for k in MESSAGE_STATUSES}
+    paused: dict[str, Any] = {}
+    if b.status in ("cancelled", "scheduled"):
+        status = b.status
+    elif b.status == "paused":
+        status = "paused"
+        failed, attempted = _failure_figures(judged)
+        since = " since it was resumed" if b.resumed_at is not None else ""
+        paused = {"paused": {
+            "reason": "too_many_failures", "failed": failed, "attempted": attempted,
+            "detail": f"{failed} of {attempted} messages{since} failed, over "
+                      f"{PAUSE_FAILURE_RATE:.0%} after at least {pause_after_attempts}; "
+                      "the rest are held until the broadcast is resumed or cancelled"}}
+    elif (b.status == "enqueuing"
+          or counts[MessageStatus.QUEUED] + counts[MessageStatus.SENDING] > 0):
+        progressed = sum(counts.values()) - counts[MessageStatus.QUEUED]
+        status = "sending" if progressed else "queued"
+    else:
+        status = "done"
+    late = (b.send_at is not None and b.started_at is not None
+            and b.started_at - b.send_at > LATE_AFTER)
+    return {"id": b.id, "channel": b.channel, "status": status, "counts": counts,
+            "eligible": b.eligible, "excluded": json.loads(b.excluded),
+            "segment": _segment(b).as_dict(),
+            "send_at": iso(b.send_at), "started_at": iso(b.started_at),
+            "late": late,
+            "late_seconds": (round(b.started_at - b.send_at, 1) if late else None),
+            "created_at": iso(b.created_at), "created_by": b.created_by,
+            "resumed_at": iso(b.resumed_at), **paused}
+
+
 class BroadcastService:
-    def __init__(self, db: Database, *,
+    def __init__(self, db: Database, batch: int = BATCH, *,
                  pause_after_attempts: int = PAUSE_AFTER_ATTEMPTS) -> None:
         self.db = db
         self.pause_after_attempts = pause_after_attempts
+        #: About how many subscriptions one enqueue transaction reads.
+        self.batch = batch
 
-    async def audience(self, campaign: str, channel: str) -> dict[str, Any]:
+    async def audience(self, campaign: str, channel: str,
+                       segment: Segment = EVERYONE) -> dict[str, Any]:
+        """``{eligible, excluded: {reason: count}}`` of the channel's subscribers in
+        ``segment``: whom a broadcast would queue now, and why the others would not get it."""
         reason = _exclusion_reason().label("reason")
         s = subscriptions
+        source, conds = _audience(segment, campaign, channel)
         async with self.db.read() as conn:
+            if conn.dialect.name == "postgresql":
+                # One pass over up to the whole list, run once: compiling it (JIT) cost
+                # PostgreSQL more than a second, and its GROUP BY sort spilled to disk.
+                await conn.exec_driver_sql("SET LOCAL jit = off")
+                await conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
             rows = await conn.execute(
-                select(reason, func.count()).select_from(s)
-                .where(s.c.campaign == campaign, s.c.channel == channel)
+                select(reason, func.count()).select_from(source)
+                .where(s.c.campaign == campaign, s.c.channel == channel, *conds)
                 .group_by(reason))
             counts = {r: int(n) for r, n in rows}
         eligible = counts.pop("eligible", 0)
@@ -125,30 +259,126 @@ class BroadcastService:
 
     async def create(self, campaign: str, channels_enabled: frozenset[str], actor: str,
                      channel: str, text: str, subject: str | None = None,
-                     dry_run: bool = False) -> dict[str, Any]:
+                     dry_run: bool = False, *, segment: Segment = EVERYONE,
+                     send_at: str | None = None) -> dict[str, Any]:
+        """Queue a broadcast now, or (``send_at`` in the future) schedule it; a dry run
+        counts the same audience and queues nothing."""
         if channel not in channels_enabled:
             raise Forbidden("channel_disabled", f"this campaign has no {channel} channel")
         check_text(text, subject)
-        audience = await self.audience(campaign, channel)
-        if dry_run:
-            return {"id": None, "status": "dry_run", "audience": audience}
         now = time.time()
+        due = parse_send_at(send_at, now)
+        audience = await self.audience(campaign, channel, segment)
+        if dry_run:
+            return {"id": None, "status": "dry_run", "audience": audience,
+                    "segment": segment.as_dict(), "send_at": iso(due)}
+        stored_segment = None if segment.everyone else json.dumps(segment.as_dict())
+        walk = None if due is not None else await self._walk(campaign, channel, segment,
+                                                             audience)
         async with self.db.write() as conn:
             upper = (await conn.execute(select(func.max(subscriptions.c.id)))).scalar() or 0
             broadcast_id = int((await conn.execute(broadcasts.insert().values(
                 campaign=campaign, channel=channel, text=text, subject=subject,
-                status="enqueuing", cursor=0, upper=upper, eligible=0,
+                status="enqueuing" if due is None else "scheduled", cursor=0,
+                upper=upper if due is None else 0, eligible=0,
                 excluded=json.dumps(audience["excluded"]), created_by=actor,
-                created_at=now).returning(broadcasts.c.id))).scalar_one())
-            await audit.append(conn, campaign, actor, "broadcast.created",
+                created_at=now, segment=stored_segment, send_at=due, hash_cursor=walk,
+                started_at=now if due is None else None).returning(broadcasts.c.id))
+            ).scalar_one())
+            await audit.append(conn, campaign, actor,
+                               "broadcast.created" if due is None else "broadcast.scheduled",
                                f"broadcast#{broadcast_id}",
-                               {"channel": channel, "audience": audience}, at=now)
+                               {"channel": channel, "audience": audience,
+                                "segment": segment.as_dict(), "send_at": iso(due)}, at=now)
+        if due is not None:
+            # Counted now only as an estimate: who is reached is decided when it starts.
+            return {"id": broadcast_id, "status": "scheduled", "audience": audience,
+                    "segment": segment.as_dict(), "send_at": iso(due)}
         eligible = await self.enqueue(broadcast_id)
         audience = {"eligible": eligible, "excluded": audience["excluded"]}
-        return {"id": broadcast_id, "status": "queued", "audience": audience}
+        return {"id": broadcast_id, "status": "queued", "audience": audience,
+                "segment": segment.as_dict(), "send_at": None}
 
-    async def enqueue(self, broadcast_id: int, batch: int = BATCH) -> int:
-        """Queue the eligible audience in id ranges, one transaction each (resumable)."""
+    async def start_due(self, now: float | None = None) -> list[tuple[str, str, int]]:
+        """Start every scheduled broadcast whose ``send_at`` has come (``(campaign, channel,
+        id)`` of those this call started). Safe to run in several processes at once: each
+        broadcast is started by exactly one of them."""
+        now = time.time() if now is None else now
+        async with self.db.read() as conn:
+            due = (await conn.execute(
+                select(broadcasts.c.id).where(broadcasts.c.status == "scheduled",
+                                              broadcasts.c.send_at <= now)
+                .order_by(broadcasts.c.send_at, broadcasts.c.id))).scalars().all()
+        started = []
+        for broadcast_id in due:
+            key = await self._start(int(broadcast_id), now)
+            if key is not None:
+                started.append(key)
+        return started
+
+    async def next_due(self) -> float | None:
+        """When the earliest scheduled broadcast is due, if any is."""
+        async with self.db.read() as conn:
+            due = (await conn.execute(select(func.min(broadcasts.c.send_at)).where(
+                broadcasts.c.status == "scheduled"))).scalar()
+        return None if due is None else float(due)
+
+    async def _start(self, broadcast_id: int, now: float) -> tuple[str, str, int] | None:
+        async with self.db.read() as conn:
+            b = (await conn.execute(select(broadcasts).where(
+                broadcasts.c.id == broadcast_id))).first()
+        if b is None or b.status != "scheduled":
+            return None
+        # Resolved now, not when it was scheduled: who subscribed, left or changed tags
+        # meanwhile counts as of now.
+        audience = await self.audience(b.campaign, b.channel, _segment(b))
+        walk = await self._walk(b.campaign, b.channel, _segment(b), audience)
+        async with self.db.write() as conn:
+            upper = (await conn.execute(select(func.max(subscriptions.c.id)))).scalar() or 0
+            # Only from ``scheduled``: a cancel, or another process starting it, came first.
+            result = await conn.execute(
+                update(broadcasts).where(broadcasts.c.id == broadcast_id,
+                                         broadcasts.c.status == "scheduled")
+                .values(status="enqueuing", upper=upper, cursor=0, started_at=now,
+                        hash_cursor=walk, excluded=json.dumps(audience["excluded"])))
+            if not result.rowcount:
+                return None
+            late = max(0.0, now - float(b.send_at))
+            await audit.append(conn, b.campaign, "scheduler", "broadcast.started",
+                               f"broadcast#{broadcast_id}",
+                               {"send_at": iso(b.send_at), "late_seconds": round(late, 1),
+                                "audience": audience}, at=now)
+        _log.info("broadcast.started", campaign=b.campaign, broadcast_id=broadcast_id,
+                  late_seconds=round(late, 1), late=late > LATE_AFTER)
+        await self.enqueue(broadcast_id)
+        return (b.campaign, b.channel, broadcast_id)
+
+    async def _walk(self, campaign: str, channel: str, segment: Segment,
+                    audience: dict[str, Any]) -> str | None:
+        """How :meth:`enqueue` walks this audience: ``""`` (the start of the hash order)
+        for most of the channel's list, None (id ranges, read from the tags) for a segment
+        of under a quarter of it, where reading the whole list would cost more than the
+        outbox index saves."""
+        if segment.everyone or not (segment.tags_any or segment.tags_all):
+            return ""
+        size = audience["eligible"] + sum(audience["excluded"].values())
+        s = subscriptions
+        async with self.db.read() as conn:
+            total = (await conn.execute(select(func.count()).select_from(s).where(
+                s.c.campaign == campaign, s.c.channel == channel))).scalar_one()
+        return "" if size * 4 >= total else None
+
+    async def enqueue(self, broadcast_id: int, batch: int | None = None) -> int:
+        """Queue the eligible audience in ranges of about ``batch`` subscriptions, one
+        transaction each (resumable).
+
+        The ranges are of keyed hashes, not of ids: ``ix_messages_recipient`` begins with
+        the hash, so a batch taken in hash order adds its rows to one narrow part of that
+        index instead of to pages all over it (each transaction then rewrites a few dozen
+        pages, not thousands). ``hash_cursor`` is the last hash done; ``upper`` (the
+        highest subscription id when it started) keeps later sign-ups out. A narrow
+        segment (see :meth:`_walk`) and a broadcast whose queueing began before hash
+        ranges go in id ranges (``hash_cursor`` None), ``cursor`` the last id done."""
         while True:
             async with self.db.write(bulk=True) as conn:
                 # Locked (PostgreSQL): two processes finishing the same broadcast at start-up
@@ -157,24 +387,58 @@ class BroadcastService:
                     broadcasts.c.id == broadcast_id).with_for_update())).one()
                 if b.status != "enqueuing":
                     return int(b.eligible)
+                batch = batch or self.batch
                 lo = int(b.cursor)
                 if lo >= b.upper:
                     await conn.execute(update(broadcasts).where(broadcasts.c.id == broadcast_id)
                                        .values(status="queued"))
                     return int(b.eligible)
-                hi = min(int(b.upper), lo + batch)
-                n = await self._enqueue_range(conn, b, lo, hi)
+                if b.hash_cursor is None:  # a narrow segment, or begun before hash ranges
+                    hi = min(int(b.upper), lo + batch)
+                    n = await self._enqueue_range(conn, b, lo, hi)
+                    await conn.execute(update(broadcasts).where(broadcasts.c.id == broadcast_id)
+                                       .values(cursor=hi, eligible=broadcasts.c.eligible + n))
+                    continue
+                after = b.hash_cursor or ""
+                until, last = await _hash_boundary(conn, b.channel, after, batch)
+                n = await self._enqueue_hashes(conn, b, after, until) if until > after else 0
+                # Done: the id cursor at ``upper`` says so (also to resume()).
+                done: dict[str, Any] = {"cursor": b.upper} if last else {}
                 await conn.execute(update(broadcasts).where(broadcasts.c.id == broadcast_id)
-                                   .values(cursor=hi, eligible=broadcasts.c.eligible + n))
+                                   .values(hash_cursor=until, eligible=broadcasts.c.eligible + n,
+                                           **done))
 
-    async def _enqueue_range(self, conn: AsyncConnection, b: Any, lo: int, hi: int) -> int:
+    async def _enqueue_hashes(self, conn: AsyncConnection, b: Any, after: str,
+                              until: str) -> int:
+        """Queue the eligible audience with ``after < address_hash <= until``, read through
+        ``ix_subscriptions_hash``; the segment is checked per row on the tags' primary
+        key."""
         s = subscriptions
         now = time.time()
+        in_range = [s.c.channel == b.channel, s.c.address_hash > after,
+                    s.c.address_hash <= until]
         chosen = select(
             s.c.campaign, s.c.channel, s.c.address, s.c.address_hash,
             literal("campaign"), literal(MessageStatus.QUEUED, String), literal(b.id), literal(0),
             literal(b.created_by), literal(now), literal(now), literal(now),
-        ).where(_eligible(b.campaign, b.channel), s.c.id > lo, s.c.id <= hi)
+        ).where(*in_range, _eligible(b.campaign, b.channel), s.c.id <= b.upper,
+                *segment_exists(_segment(b), s.c.id))
+        result = await conn.execute(messages.insert().from_select(
+            ["campaign", "channel", "address", "address_hash", "kind", "status",
+             "broadcast_id", "attempts", "created_by", "created_at", "updated_at",
+             "not_before"], chosen))
+        return int(result.rowcount or 0)
+
+    async def _enqueue_range(self, conn: AsyncConnection, b: Any, lo: int, hi: int) -> int:
+        s = subscriptions
+        now = time.time()
+        source, conds = _audience(_segment(b), b.campaign, b.channel, lo, hi)
+        chosen = select(
+            s.c.campaign, s.c.channel, s.c.address, s.c.address_hash,
+            literal("campaign"), literal(MessageStatus.QUEUED, String), literal(b.id), literal(0),
+            literal(b.created_by), literal(now), literal(now), literal(now),
+        ).select_from(source).where(_eligible(b.campaign, b.channel), s.c.id > lo,
+                                    s.c.id <= hi, *conds)
         result = await conn.execute(messages.insert().from_select(
             ["campaign", "channel", "address", "address_hash", "kind", "status",
              "broadcast_id", "attempts", "created_by", "created_at", "updated_at",
@@ -201,29 +465,25 @@ class BroadcastService:
             if b.status == "paused" and b.resumed_at is not None:
                 judged = await outbox.counts_by_status(conn, broadcast_id,
                                                        dispatched_since=b.resumed_at)
-        counts = {k: found.get(k, 0) for k in MESSAGE_STATUSES}
-        paused: dict[str, Any] = {}
-        if b.status == "cancelled":
-            status = "cancelled"
-        elif b.status == "paused":
-            status = "paused"
-            failed, attempted = _failure_figures(judged)
-            since = " since it was resumed" if b.resumed_at is not None else ""
-            paused = {"paused": {
-                "reason": "too_many_failures", "failed": failed, "attempted": attempted,
-                "detail": f"{failed} of {attempted} messages{since} failed, over "
-                          f"{PAUSE_FAILURE_RATE:.0%} after at least {self.pause_after_attempts}; "
-                          "the rest are held until the broadcast is resumed or cancelled"}}
-        elif (b.status == "enqueuing"
-              or counts[MessageStatus.QUEUED] + counts[MessageStatus.SENDING] > 0):
-            progressed = sum(counts.values()) - counts[MessageStatus.QUEUED]
-            status = "sending" if progressed else "queued"
-        else:
-            status = "done"
-        return {"id": b.id, "channel": b.channel, "status": status, "counts": counts,
-                "eligible": b.eligible, "excluded": json.loads(b.excluded),
-                "created_at": iso(b.created_at), "created_by": b.created_by,
-                "resumed_at": iso(b.resumed_at), **paused}
+        return _summary(b, found, judged, self.pause_after_attempts)
+
+    async def list(self, campaign: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The campaign's broadcasts, newest first, each as :meth:`view` shows it."""
+        m = messages
+        async with self.db.read() as conn:
+            rows = (await conn.execute(
+                select(broadcasts).where(broadcasts.c.campaign == campaign)
+                .order_by(broadcasts.c.id.desc()).limit(limit))).all()
+            found: dict[int, dict[str, int]] = {int(b.id): {} for b in rows}
+            if found:
+                counted = await conn.execute(
+                    select(m.c.broadcast_id, m.c.status, func.count())
+                    .where(m.c.broadcast_id.in_(list(found)))
+                    .group_by(m.c.broadcast_id, m.c.status))
+                for broadcast_id, status, n in counted:
+                    found[int(broadcast_id)][status] = int(n)
+        return [_summary(b, found[int(b.id)], found[int(b.id)], self.pause_after_attempts)
+                for b in rows]
 
     async def nothing_dispatching(self, broadcast_id: int) -> bool:
         """Whether this broadcast has messages due that no process is there to send (no
@@ -292,3 +552,51 @@ class BroadcastService:
             await audit.append(conn, campaign, actor, "broadcast.cancelled",
                                f"broadcast#{broadcast_id}", {"cancelled": cancelled})
         return {"id": broadcast_id, "status": "cancelled", "cancelled": cancelled}
+
+
+class BroadcastScheduler:
+    """Starts scheduled broadcasts when they are due. The schedule lives in the database
+    (``broadcasts.send_at``), so nothing is lost when a process stops: whichever process
+    runs a dispatcher next starts what is due, late if it was down at the time.
+
+    ``clock`` is the time the schedule is read against (tests move it forward instead of
+    waiting); ``poll_interval`` bounds how long a broadcast scheduled by another process
+    waits to be noticed. :meth:`wake` makes it look again at once (this process scheduled
+    or cancelled something)."""
+
+    def __init__(self, service: BroadcastService, *,
+                 started: Callable[[str, str], None] | None = None,
+                 poll_interval: float = 5.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.service = service
+        self.started = started
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run_due(self) -> list[int]:
+        """Start what is due now; the ids started."""
+        started = await self.service.start_due(self.clock())
+        for campaign, channel, _ in started:
+            if self.started is not None:
+                self.started(campaign, channel)
+        return [broadcast_id for _, _, broadcast_id in started]
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Until ``stopping`` is set: start what is due, then wait for the next one to be
+        due, a :meth:`wake`, or the poll interval, whichever comes first."""
+        while not stopping.is_set():
+            self._wake.clear()
+            wait = self.poll_interval
+            try:
+                await self.run_due()
+                due = await self.service.next_due()
+                if due is not None:
+                    wait = min(wait, max(0.01, due - self.clock()))
+            except Exception:  # the database was away: try again at the next poll
+                _log.exception("broadcast.schedule_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)

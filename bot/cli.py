@@ -387,19 +387,32 @@ async def _send(gw: Gateway, args: argparse.Namespace) -> int:
          CAMPAIGN, AS, CHANNEL, arg("text"), arg("--subject"),
          arg("--dry-run", action="store_true", help="count the audience, queue nothing"),
          arg("--no-wait", dest="wait", action="store_false",
-             help="queue and return without the progress bar"))
+             help="queue and return without the progress bar"),
+         arg("--tag", action="append", default=[], metavar="TAG",
+             help="only subscribers with this tag; repeated: with any of them"),
+         arg("--every-tag", action="append", default=[], metavar="TAG",
+             help="only subscribers with this tag; repeated: with all of them"),
+         arg("--exclude-tag", action="append", default=[], metavar="TAG",
+             help="leave out subscribers with this tag (repeatable)"),
+         arg("--at", metavar="WHEN",
+             help="schedule for this ISO 8601 time with offset, e.g. "
+                  "2026-05-07T07:00:00+01:00 (a running serve or worker sends it)"))
 async def _broadcast(gw: Gateway, args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from consentgate.bot.outbox import MessageStatus
+    from consentgate.bot.tags import segment_of
 
     campaign = _campaign(gw.settings, args.campaign)
     actor = _actor(campaign, args.as_, change=not args.dry_run)
+    segment = segment_of(args.tag, args.every_tag, args.exclude_tag)
     result = await gw.broadcasts.create(campaign.slug, gw.rules[campaign.slug]
                                         .channels_enabled, actor, args.channel,
-                                        args.text, args.subject, args.dry_run)
+                                        args.text, args.subject, args.dry_run,
+                                        segment=segment, send_at=args.at)
     _print_json(result)
-    if args.dry_run or not args.wait or not result["audience"]["eligible"]:
+    if (args.dry_run or not args.wait or result["status"] == "scheduled"
+            or not result["audience"]["eligible"]):
         return 0
     total = result["audience"]["eligible"]
     seen: dict[str, int] = {}

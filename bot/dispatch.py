@@ -39,7 +39,7 @@ from consentgate.adapters.base import (
 from consentgate.adapters.pacing import Pacer, SendBudget
 from consentgate.bot import outbox
 from consentgate.bot.addresses import mask
-from consentgate.bot.broadcasts import PAUSE_AFTER_ATTEMPTS, pause_if_failing
+from consentgate.bot.broadcasts import PAUSE_AFTER_ATTEMPTS, BroadcastScheduler, pause_if_failing
 from consentgate.bot.compose import Composer
 from consentgate.bot.gate import Admission, ConsentGate
 from consentgate.bot.ledger import Ledger
@@ -133,6 +133,8 @@ class Dispatcher:
         self._recorder_only: deque[_Result] = deque()
         self._have_results = asyncio.Event()
         self._call_seconds = {ch: metrics.send_seconds.labels(ch) for ch in CHANNELS}
+        #: Starts scheduled broadcasts wherever a dispatcher runs (serve and worker alike).
+        self.scheduler: BroadcastScheduler | None = None
 
     def wake(self, campaign: str | None = None, channel: str | None = None) -> None:
         """New work was queued: lanes stop waiting for the next poll."""
@@ -151,11 +153,17 @@ class Dispatcher:
         reaper = asyncio.create_task(self._reap_loop(), name="dispatch-reaper")
         lanes = [asyncio.create_task(self._lane(key, adapter), name=f"lane-{key}")
                  for key, adapter in self.adapters.items()]
+        scheduler = (None if self.scheduler is None else asyncio.create_task(
+            self.scheduler.run(self._stopping), name="broadcast-scheduler"))
         try:
             await asyncio.gather(*lanes)
         finally:
             for lane in lanes:
                 lane.cancel()
+            if scheduler is not None:
+                scheduler.cancel()  # a start in progress rolls back or resumes at start-up
+                with contextlib.suppress(asyncio.CancelledError):
+                    await scheduler
             reaper.cancel()
             if self._in_flight:
                 await asyncio.wait(set(self._in_flight), timeout=8.0)

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from consentgate.adapters.base import ChannelAdapter
 from consentgate.adapters.log import LogChannel
 from consentgate.bot.audit import AuditLog
-from consentgate.bot.broadcasts import PAUSE_AFTER_ATTEMPTS, BroadcastService
+from consentgate.bot.broadcasts import PAUSE_AFTER_ATTEMPTS, BroadcastScheduler, BroadcastService
 from consentgate.bot.compose import Composer
 from consentgate.bot.config import CampaignSettings, Settings
 from consentgate.bot.dispatch import Dispatcher
@@ -30,6 +30,7 @@ from consentgate.bot.pgpacer import SharedPacer
 from consentgate.bot.privacy import Privacy
 from consentgate.bot.replies import ReplyService
 from consentgate.bot.subscribers import SubscriberService
+from consentgate.bot.tags import TagService
 from consentgate.bot.telegram import TelegramService, telegram_bots
 from consentgate.bot.tokens import Tokens
 from consentgate.bot.unsubscribe import MailTokens, UnsubscribeService
@@ -130,6 +131,9 @@ class Gateway:
         self.replies = ReplyService(self.db, self.ledger, self.metrics, self.campaigns)
         self.messages = MessageService(self.db, self.gate, self.ledger)
         self.broadcasts = BroadcastService(self.db, pause_after_attempts=pause_after_attempts)
+        self.tags = TagService(self.db, self.ledger)
+        self.scheduler = BroadcastScheduler(self.broadcasts, started=self.dispatcher.wake)
+        self.dispatcher.scheduler = self.scheduler
         self._lock: IO[bytes] | None = None
         self.unsubscribe = UnsubscribeService(self.db, self.ledger, self.metrics,
                                               self.campaigns, self.tokens, self.mail_tokens,
@@ -142,7 +146,8 @@ class Gateway:
                                         self.links, self.campaigns, bots,
                                         public_url=settings.server.public_url,
                                         wake=self.dispatcher.wake)
-        self.subscribers = SubscriberService(self.db, self.ledger, self.gate, self.metrics)
+        self.subscribers = SubscriberService(self.db, self.ledger, self.gate, self.metrics,
+                                             self.tags)
         self.privacy = Privacy(self.db, self.ledger, settings)
         self.joins = JoinService(self.db, self.ledger, self.links, self.tokens, self.campaigns,
                                  settings.server.public_url, wake=self.dispatcher.wake)

@@ -1,4 +1,5 @@
-"""CSV imports: consents with their evidence, and opt-outs brought from another platform.
+"""CSV imports: consents with their evidence (and, in an optional ``tags`` column, tags
+separated by ``;``), and opt-outs brought from another platform.
 
 Good rows are kept and bad rows listed with the code ``POST /consents`` would give. Rows are
 checked and written in chunks, set-based, each chunk one transaction, so a row is written
@@ -31,6 +32,7 @@ from consentgate.bot.config import CampaignSettings
 from consentgate.bot.consent import CONSENT_METHODS, source_is_denied
 from consentgate.bot.errors import GatewayError, InvalidInput
 from consentgate.bot.ledger import Ledger
+from consentgate.bot.tags import add_tags, tag_names
 from consentgate.bot.versions import consent_text_version
 from consentgate.storage.db import Database
 from consentgate.storage.models import consent_events, messages, subscriptions, suppressions
@@ -173,6 +175,7 @@ async def import_consents(db: Database, ledger: Ledger, campaign: CampaignSettin
     enabled = set(campaign.channels())
     seen: set[tuple[str, str]] = set()
     good: list[tuple[int, str, str, dict[str, str]]] = []
+    row_tags: dict[int, tuple[str, ...]] = {}  # line -> the tags of its optional column
     read = await _normalise_all([(r.get("channel", ""), r.get("address", "")) for _, r in rows
                                  if r.get("channel", "") in enabled], campaign.default_region)
     next_read = iter(read)
@@ -198,6 +201,11 @@ async def import_consents(db: Database, ledger: Ledger, campaign: CampaignSettin
         if source_is_denied(row["source"], ledger.denied_sources):
             report.reject(line, "denied_source", "consent from this source is refused")
             continue
+        try:
+            row_tags[line] = tag_names(row.get("tags") or None)
+        except GatewayError as exc:
+            report.reject(line, exc.code, exc.detail)
+            continue
         if (channel, address) in seen:
             report.reject(line, "duplicate", "the same address appears earlier in the file")
             continue
@@ -211,11 +219,14 @@ async def import_consents(db: Database, ledger: Ledger, campaign: CampaignSettin
             now = time.time()
             subs: list[dict[str, Any]] = []
             events: list[dict[str, Any]] = []
+            tagged: dict[tuple[str, str], tuple[str, ...]] = {}
             for line, channel, address, row in chunk:
                 if (channel, address) in blocked:
                     code = blocked[(channel, address)]
                     report.reject(line, code, "only the recipient can opt back in")
                     continue
+                if row_tags.get(line):
+                    tagged[(channel, address)] = row_tags[line]
                 ahash = ledger.hash(channel, address)
                 subs.append(dict(campaign=campaign.slug, channel=channel, address=address,
                                  address_hash=ahash, status="subscribed", restricted=False,
@@ -228,6 +239,8 @@ async def import_consents(db: Database, ledger: Ledger, campaign: CampaignSettin
             if subs:
                 await _execute_many(conn, _bulk(conn, subs), subs)
                 await _execute_many(conn, consent_events.insert(), events)
+                if tagged:
+                    await _tag_imported(conn, campaign.slug, tagged, now)
                 report.imported += len(subs)
     report.rejected.sort(key=lambda r: r["line"])
     async with db.write() as conn:
@@ -237,6 +250,23 @@ async def import_consents(db: Database, ledger: Ledger, campaign: CampaignSettin
     if report.imported >= ANALYZE_AFTER:
         await db.refresh_statistics("subscriptions")
     return report
+
+
+async def _tag_imported(conn: AsyncConnection, campaign: str,
+                        tagged: dict[tuple[str, str], tuple[str, ...]], now: float) -> None:
+    """Give the imported subscriptions the tags of their rows (in the chunk's transaction;
+    tags they had already stay)."""
+    for channel in {ch for ch, _ in tagged}:
+        wanted = {a: t for (ch, a), t in tagged.items() if ch == channel}
+        rows = await conn.execute(
+            select(subscriptions.c.id, subscriptions.c.address)
+            .where(subscriptions.c.campaign == campaign, subscriptions.c.channel == channel,
+                   subscriptions.c.address.in_(list(wanted))))
+        by_tags: dict[tuple[str, ...], list[int]] = {}
+        for r in rows:
+            by_tags.setdefault(wanted[r.address], []).append(int(r.id))
+        for tags, ids in by_tags.items():
+            await add_tags(conn, ids, campaign, channel, tags, now)
 
 
 async def _execute_many(conn: AsyncConnection, stmt: Any, rows: list[dict[str, Any]]) -> None:

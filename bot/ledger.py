@@ -7,6 +7,7 @@ not at all. The rules themselves live in :mod:`bot.consent`.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,11 +16,11 @@ from typing import Any
 from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from consentgate.bot import audit, outbox
+from consentgate.bot import audit, outbox, tags
 from consentgate.bot.addresses import address_hash
 from consentgate.bot.consent import Evidence, Status, SubscriberState, check_new_consent
 from consentgate.bot.errors import Conflict, InvalidInput
-from consentgate.storage.models import consent_events, subscriptions, suppressions
+from consentgate.storage.models import consent_events, links, subscriptions, suppressions
 from consentgate.storage.sql import upsert
 
 __all__ = ["HistoryEntry", "Ledger", "suppressed_clause"]
@@ -123,9 +124,15 @@ class Ledger:
         by_recipient: bool,
         pending: bool = False,
         link_id: str | None = None,
+        tag_names: Sequence[str] = (),
     ) -> Status:
         """Record a consent (or a pending double opt-in). Raises the contract's problems:
-        ``missing_evidence`` / ``denied_source`` (422), ``opted_out`` / ``suppressed`` (409)."""
+        ``missing_evidence`` / ``denied_source`` (422), ``opted_out`` / ``suppressed`` (409).
+
+        A recorded consent gets ``tag_names`` and, when it came through a join link
+        (``link_id``: a confirmed join page, SMS keyword or Telegram deep link), the link's
+        tags; tags it already had stay. A pending double opt-in gets its link's tags only
+        once it is confirmed."""
         state = await self.state(conn, campaign, channel, address)
         problem = check_new_consent(ev, state, self.denied_sources, by_recipient=by_recipient)
         if problem in ("opted_out", "suppressed"):
@@ -140,6 +147,8 @@ class Ledger:
         await self._set_status(conn, campaign, channel, address, status, now)
         await self._event(conn, campaign, channel, address, now,
                           "pending" if pending else "subscribed", ev, link_id)
+        if not pending:
+            await self._tag(conn, campaign, channel, address, tag_names, link_id, now)
         await audit.append(conn, campaign, ev.actor, "consent.pending" if pending
                            else "consent.recorded",
                            audit.subject_for(channel, self.hash(channel, address)),
@@ -240,6 +249,20 @@ class Ledger:
             changes["consented_at"] = now
         await conn.execute(upsert(conn, subscriptions, ("campaign", "channel", "address"),
                                   values, changes))
+
+    async def _tag(self, conn: AsyncConnection, campaign: str, channel: str, address: str,
+                   given: Sequence[str], link_id: str | None, now: float) -> None:
+        wanted = set(given)
+        if link_id is not None:
+            raw = (await conn.execute(select(links.c.tags).where(
+                links.c.id == link_id, links.c.campaign == campaign))).scalar()
+            wanted.update(json.loads(raw) if raw else ())
+        if not wanted:
+            return
+        sub_id = (await conn.execute(select(subscriptions.c.id).where(
+            subscriptions.c.campaign == campaign, subscriptions.c.channel == channel,
+            subscriptions.c.address == address))).scalar_one()
+        await tags.add_tags(conn, [int(sub_id)], campaign, channel, sorted(wanted), now)
 
     async def _event(self, conn: AsyncConnection, campaign: str, channel: str, address: str,
                      now: float, event: str, ev: Evidence, link_id: str | None) -> None:

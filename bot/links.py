@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 import secrets
 import string
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +41,7 @@ from consentgate.bot import audit
 from consentgate.bot.config import CampaignSettings
 from consentgate.bot.errors import GatewayError, InvalidInput, NotFound
 from consentgate.bot.messages import iso
+from consentgate.bot.tags import tag_names
 from consentgate.storage.db import Database
 from consentgate.storage.models import links
 
@@ -92,6 +94,8 @@ class Link:
     joins: int
     created_by: str
     created_at: float
+    #: Everyone who joins through the link gets these tags.
+    tags: tuple[str, ...] = ()
 
     @property
     def is_invite(self) -> bool:
@@ -170,7 +174,7 @@ def _new_id() -> str:
 def _row_to_link(row: Any) -> Link:
     return Link(row.id, row.campaign, row.channel, row.name, row.url, row.telegram_chat_id,
                 row.expires_at, row.member_limit, row.revoked_at, row.joins, row.created_by,
-                row.created_at)
+                row.created_at, tuple(json.loads(row.tags)) if row.tags else ())
 
 
 def parse_expiry(value: object, now: float | None = None) -> float | None:
@@ -256,6 +260,7 @@ class LinkService:
         telegram_chat_id: int | str | None = None,
         expires_at: str | float | None = None,
         member_limit: int | None = None,
+        tags: Sequence[str] | None = None,
     ) -> Link:
         """Create a link. With ``telegram_chat_id`` (one of the campaign's ``own_chats``)
         Telegram is asked for an invite link that creates join requests; the row is written
@@ -277,11 +282,15 @@ class LinkService:
         chat_id = _chat_id(telegram_chat_id)
         expiry = parse_expiry(expires_at)
         limit = _member_limit(member_limit)
+        given_tags = tag_names(tags)
         link_id = _new_id()
         if chat_id is not None:
             if channel != "telegram":
                 raise InvalidInput("invalid_telegram_chat_id",
                                    "telegram_chat_id needs channel telegram")
+            if given_tags:
+                raise InvalidInput("invalid_tag", "tags go to people who subscribe through a "
+                                   "link; a group invite link subscribes nobody")
             if limit is not None:
                 raise InvalidInput("member_limit_with_join_request",
                                    "Telegram does not allow member_limit on a link that asks "
@@ -297,14 +306,17 @@ class LinkService:
         link = Link(id=link_id, campaign=campaign, channel=channel, name=name, url=url,
                     telegram_chat_id=str(chat_id) if chat_id is not None else None,
                     expires_at=expiry, member_limit=limit, revoked_at=None, joins=0,
-                    created_by=actor, created_at=now)
+                    created_by=actor, created_at=now, tags=given_tags)
         try:
             async with self.db.write() as conn:
-                await conn.execute(links.insert().values(**dataclasses.asdict(link)))
+                await conn.execute(links.insert().values(**{
+                    **dataclasses.asdict(link),
+                    "tags": json.dumps(list(given_tags)) if given_tags else None}))
                 await audit.append(conn, campaign, actor, "link.created", f"link#{link_id}",
                                    {"name": name, "channel": channel,
                                     "telegram_chat_id": link.telegram_chat_id,
-                                    "expires_at": expiry, "member_limit": limit}, at=now)
+                                    "expires_at": expiry, "member_limit": limit,
+                                    "tags": list(given_tags)}, at=now)
         except Exception:
             if chat_id is not None:
                 # Nothing records the invite link: take it back, so no join can come
@@ -456,4 +468,5 @@ def link_view(service: LinkService, link: Link) -> dict[str, Any]:
         "active": link.is_live(),
         "created_by": link.created_by,
         "created_at": iso(link.created_at),
+        "tags": list(link.tags),
     }

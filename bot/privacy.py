@@ -57,6 +57,7 @@ from consentgate.storage.models import (
     inbound_messages,
     links,
     messages,
+    subscription_tags,
     subscriptions,
     suppressions,
 )
@@ -144,6 +145,10 @@ class Privacy:
                 select(subscriptions).where(subscriptions.c.campaign == slug,
                                             subscriptions.c.channel == channel,
                                             subscriptions.c.address == address))).first()
+            tags = [] if sub is None else (await conn.execute(
+                select(subscription_tags.c.tag, subscription_tags.c.created_at)
+                .where(subscription_tags.c.subscription_id == sub.id)
+                .order_by(subscription_tags.c.tag))).all()
             ce = consent_events
             consents = (await conn.execute(
                 select(ce, consent_texts.c.text.label("consent_text"),
@@ -201,6 +206,7 @@ class Privacy:
                 "pseudonymised_after": None if sub.status == "opted_out" else iso(
                     sub.last_contact_at + self.retention_days * DAY),
             },
+            "tags": [{"tag": r.tag, "since": iso(r.created_at)} for r in tags],
             "consent_history": [{
                 "at": iso(r.at), "event": r.event, "method": r.method, "source": r.source,
                 "evidence": r.evidence, "consent_text": r.consent_text,
@@ -282,6 +288,11 @@ class Privacy:
                 update(im).where(im.c.campaign == slug, im.c.channel == channel,
                                  im.c.address_hash == ahash)
                 .values(from_address=None, text=None, resolution_note=None))).rowcount or 0
+            await conn.execute(delete(subscription_tags).where(
+                subscription_tags.c.subscription_id.in_(
+                    select(subscriptions.c.id).where(subscriptions.c.campaign == slug,
+                                                     subscriptions.c.channel == channel,
+                                                     subscriptions.c.address_hash == ahash))))
             subs = (await conn.execute(
                 delete(subscriptions).where(subscriptions.c.campaign == slug,
                                             subscriptions.c.channel == channel,
@@ -491,6 +502,9 @@ class Privacy:
                 conn, exists().where(stale_sub, s.c.channel == m.c.channel,
                                      s.c.address == m.c.address, s.c.campaign == m.c.campaign),
                 "no_consent", replies=True, now=now)
+            # Their tags say something about them (a ward, a group): they go too.
+            await conn.execute(delete(subscription_tags).where(
+                subscription_tags.c.subscription_id.in_(select(s.c.id).where(stale_sub))))
             subs = (await conn.execute(
                 update(s).where(stale_sub)
                 .values(address=_pseudonym_for(conn, s.c.id), restricted=True,

@@ -4,6 +4,7 @@ the CLI answer only after the change has committed."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from consentgate.bot.addresses import normalise_address
@@ -14,6 +15,7 @@ from consentgate.bot.gate import ConsentGate
 from consentgate.bot.ledger import Ledger
 from consentgate.bot.messages import iso
 from consentgate.bot.metrics import Metrics
+from consentgate.bot.tags import TagService, tag_names
 from consentgate.bot.versions import consent_text_version
 from consentgate.storage.db import Database
 
@@ -24,15 +26,17 @@ MAX_REASON = 500
 
 class SubscriberService:
     def __init__(self, db: Database, ledger: Ledger, gate: ConsentGate,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, tags: TagService) -> None:
         self.db = db
         self.ledger = ledger
         self.gate = gate
         self.metrics = metrics
+        self.tags = tags
 
     async def record_consent(self, campaign: CampaignSettings, actor: str, channel: str,
                              address: str, method: str, source: str,
-                             evidence: str) -> dict[str, Any]:
+                             evidence: str, tags: Sequence[str] | None = None
+                             ) -> dict[str, Any]:
         """Consent an operator records for a person, with its evidence. Raises the
         contract's problems: ``channel_disabled``, ``invalid_address``, ``invalid_method``,
         ``missing_evidence``, ``denied_source`` (422), ``opted_out`` / ``suppressed`` (409)."""
@@ -41,9 +45,11 @@ class SubscriberService:
         canonical = normalise_address(channel, address, campaign.default_region)
         version = consent_text_version(campaign.consent_text_for(channel))
         ev = Evidence(method, source, evidence, version, actor)
+        given_tags = tag_names(tags)
         async with self.db.write() as conn:
             status = await self.ledger.record_consent(conn, campaign.slug, channel, canonical,
-                                                      ev, by_recipient=False)
+                                                      ev, by_recipient=False,
+                                                      tag_names=given_tags)
         return {"channel": channel, "address": canonical, "status": status.value}
 
     async def opt_out(self, campaign: CampaignSettings, actor: str, channel: str,
@@ -72,6 +78,7 @@ class SubscriberService:
             state = await self.ledger.state(conn, campaign.slug, channel, canonical)
             decision = await self.gate.decide_now(conn, campaign.slug, channel, canonical)
             history = await self.ledger.history(conn, campaign.slug, channel, canonical)
+            tags = await self.tags.of(conn, campaign.slug, channel, canonical)
         status = Status.SUPPRESSED if state.suppressed else state.status
         return {
             "channel": channel, "address": canonical, "status": status.value,
@@ -79,4 +86,13 @@ class SubscriberService:
             "reason": decision.reason.value if decision.reason else None,
             "history": [{"at": iso(h.at), "event": h.event, "method": h.method,
                          "source": h.source, "actor": h.actor} for h in history],
+            "tags": tags,
         }
+
+    async def change_tags(self, campaign: CampaignSettings, actor: str, channel: str,
+                          address: str, add: Sequence[str] | None,
+                          remove: Sequence[str] | None) -> dict[str, Any]:
+        """Tags added to and removed from one person (audited); their tags now."""
+        canonical = normalise_address(channel, address, campaign.default_region)
+        tags = await self.tags.change(campaign.slug, actor, channel, canonical, add, remove)
+        return {"channel": channel, "address": canonical, "tags": tags}

@@ -38,6 +38,7 @@ __all__ = [
     "metadata",
     "processed_events",
     "rate_buckets",
+    "subscription_tags",
     "subscriptions",
     "suppressions",
 ]
@@ -95,6 +96,21 @@ subscriptions = Table(
     Index("ix_subscriptions_hash", "channel", "address_hash"),
 )
 
+# Tags of one subscription (campaign, channel, address): the audience segments. Keyed by the
+# subscription so that erasure and retention find them with it; the campaign and channel are
+# repeated so a segment is read from ``ix_subscription_tags_segment`` alone (who has tag X
+# here), and the primary key answers "has this subscription tag X" inside set-based SQL.
+subscription_tags = Table(
+    "subscription_tags",
+    metadata,
+    Column("subscription_id", Id, primary_key=True),
+    Column("tag", String(64), primary_key=True),
+    Column("campaign", String(64), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_subscription_tags_segment", "campaign", "channel", "tag", "subscription_id"),
+)
+
 # The append-only history that explains each subscription's status.
 consent_events = Table(
     "consent_events",
@@ -138,7 +154,7 @@ broadcasts = Table(
     Column("channel", String(16), nullable=False),
     Column("text", Text, nullable=False),
     Column("subject", Text, nullable=True),
-    Column("status", String(16), nullable=False),  # enqueuing|queued|paused|cancelled
+    Column("status", String(16), nullable=False),  # scheduled|enqueuing|queued|paused|cancelled
     # Enqueueing walks the audience in subscription-id ranges, one short transaction each;
     # ``cursor`` is the last id done, so a crash mid-way resumes instead of restarting.
     Column("cursor", Id, nullable=False, default=0),
@@ -150,7 +166,18 @@ broadcasts = Table(
     # When an operator last resumed it after a pause: from then on the failure rule judges
     # only messages handed to a provider since (the old failures were already looked at).
     Column("resumed_at", Float, nullable=True),
+    # The audience segment (JSON {tags_any, tags_all, exclude_tags}); None is everyone.
+    Column("segment", Text, nullable=True),
+    # A scheduled broadcast waits (status ``scheduled``) until ``send_at``; ``started_at`` is
+    # when its audience was resolved and queueing began, later than ``send_at`` if the
+    # gateway was down at the time.
+    Column("send_at", Float, nullable=True),
+    Column("started_at", Float, nullable=True),
+    # Queueing walks the audience in keyed-hash order (see bot.broadcasts.enqueue): the
+    # last hash done.
+    Column("hash_cursor", String(64), nullable=True),
     Index("ix_broadcasts_campaign", "campaign"),
+    Index("ix_broadcasts_due", "status", "send_at"),
 )
 
 # The outbox and its history. Broadcast messages keep their text on the broadcast row.
@@ -245,6 +272,8 @@ links = Table(
     Column("joins", Integer, nullable=False, default=0),
     Column("created_by", String(200), nullable=False),
     Column("created_at", Float, nullable=False),
+    # Tags everyone who joins through the link gets (JSON list; None: none).
+    Column("tags", Text, nullable=True),
     Index("ix_links_campaign", "campaign"),
 )
 

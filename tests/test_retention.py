@@ -175,3 +175,17 @@ async def test_retention_run_command_and_the_daily_task_in_serve(tmp_path: Path)
     assert db_rows(db, "SELECT address FROM subscriptions WHERE address = ?",
                    (FRESH,))[0]["address"] == FRESH
     assert time.time() - started < 60
+
+
+async def test_retention_removes_the_tags_of_those_it_pseudonymises(gw: Harness) -> None:
+    for address in (FRESH, STALE):
+        status, body = await gw.api("POST", "/api/v1/consents", {
+            "channel": "sms", "address": address, "method": "paper_form",
+            "source": "street stall", "evidence": "signed form", "tags": ["ward-north"]})
+        assert status == 201, body
+    await _age(gw, STALE, YEAR_AND_A_BIT)
+    await Privacy(gw.db, gw.gateway.ledger, gw.gateway.settings).run_retention()
+    fresh_id = (await rows(gw.db, "subscriptions", address=FRESH))[0].id
+    assert [t.subscription_id for t in await rows(gw.db, "subscription_tags")] == [fresh_id]
+    _, tags = await gw.api("GET", "/api/v1/tags")
+    assert tags == [{"tag": "ward-north", "channel": "sms", "subscribed": 1}]

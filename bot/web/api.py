@@ -14,24 +14,30 @@ from aiohttp import web
 
 from consentgate.bot.errors import InvalidInput
 from consentgate.bot.imports import import_consents, import_opt_outs
+from consentgate.bot.tags import segment_of
 from consentgate.bot.web.common import Call, channel_of, json_answer, path_id
 from consentgate.bot.web.models import (
     AuditQuery,
     BroadcastIn,
+    BroadcastsQuery,
     ConsentIn,
     MessageIn,
     OptOutIn,
     RepliesQuery,
     ResolveIn,
+    SubscriberPatch,
 )
 
 __all__ = [
     "cancel_broadcast",
     "get_audit",
     "get_broadcast",
+    "get_broadcasts",
     "get_message",
     "get_replies",
     "get_subscriber",
+    "get_tags",
+    "patch_subscriber",
     "post_broadcast",
     "post_consent",
     "post_consent_import",
@@ -46,7 +52,7 @@ __all__ = [
 async def post_consent(call: Call, body: ConsentIn) -> web.Response:
     answer = await call.gw.subscribers.record_consent(
         call.op.campaign, call.op.name, body.channel, body.address, body.method,
-        body.source, body.evidence)
+        body.source, body.evidence, body.tags)
     return json_answer(answer, 201)
 
 
@@ -68,6 +74,18 @@ async def post_opt_out(call: Call, body: OptOutIn) -> web.Response:
     answer = await call.gw.subscribers.opt_out(call.op.campaign, call.op.name, body.channel,
                                                body.address, body.reason)
     return json_answer(answer, 201)
+
+
+async def patch_subscriber(call: Call, body: SubscriberPatch) -> web.Response:
+    match = call.request.match_info
+    channel = channel_of(match["channel"])
+    return json_answer(await call.gw.subscribers.change_tags(
+        call.op.campaign, call.op.name, channel, match["address"], body.add_tags,
+        body.remove_tags))
+
+
+async def get_tags(call: Call) -> web.Response:
+    return json_answer(await call.gw.tags.counts(call.op.campaign.slug))
 
 
 async def get_subscriber(call: Call) -> web.Response:
@@ -99,12 +117,22 @@ async def get_message(call: Call) -> web.Response:
 async def post_broadcast(call: Call, body: BroadcastIn) -> web.Response:
     gw = call.gw
     slug = call.op.campaign.slug
+    segment = segment_of(body.tags_any, body.tags_all, body.exclude_tags)
     result = await gw.broadcasts.create(slug, gw.rules[slug].channels_enabled, call.op.name,
-                                        body.channel, body.text, body.subject, body.dry_run)
+                                        body.channel, body.text, body.subject, body.dry_run,
+                                        segment=segment, send_at=body.send_at)
     if body.dry_run:
         return json_answer(result, 200)
-    gw.dispatcher.wake(slug, body.channel)
+    if result["status"] == "scheduled":
+        gw.scheduler.wake()
+    else:
+        gw.dispatcher.wake(slug, body.channel)
     return json_answer(result, 202)
+
+
+async def get_broadcasts(call: Call, query: BroadcastsQuery) -> web.Response:
+    """The campaign's broadcasts, newest first."""
+    return json_answer(await call.gw.broadcasts.list(call.op.campaign.slug, query.limit))
 
 
 async def get_broadcast(call: Call) -> web.Response:

@@ -21,7 +21,7 @@ async def post_link(call: Call, body: LinkIn) -> web.Response:
     link = await links.create(
         call.op.campaign.slug, call.op.name, channel=body.channel, name=body.name,
         telegram_chat_id=body.telegram_chat_id, expires_at=body.expires_at,
-        member_limit=body.member_limit)
+        member_limit=body.member_limit, tags=body.tags)
     answer = link_view(links, link)
     answer["qr_svg"] = qr_svg(link.url)
     return json_answer(answer, 201)

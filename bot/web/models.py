@@ -44,6 +44,11 @@ __all__ = [
     "Queued",
     "RepliesQuery",
     "Reply",
+    "Segment",
+    "SubscriberPatch",
+    "SubscriberTags",
+    "TagCount",
+    "BroadcastsQuery",
     "ResolveIn",
     "ResolvedReply",
     "Report",
@@ -64,6 +69,9 @@ MAX_METHOD = 40
 MAX_FILTER = 200
 
 _CODE = "x-problem-code"
+
+#: Tag names as a request gives them (checked and normalised by the tags service).
+Tags = list[Annotated[str, StringConstraints(max_length=64)]] | None
 
 
 def _field(code: str | None = None, **kwargs: Any) -> Any:
@@ -123,6 +131,8 @@ class ConsentIn(Request):
     evidence: str = _field("missing_evidence", default="", max_length=MAX_EVIDENCE,
                            description="what proves it (form number, recording ...); "
                                        "must not be empty")
+    tags: Tags = _field("invalid_tag", default=None,
+                        description="tags the person gets (added to any they have)")
 
 
 class OptOutIn(Request):
@@ -153,6 +163,15 @@ class BroadcastIn(Request):
                                  description="email only; one line")
     dry_run: bool = _field("invalid_dry_run", default=False,
                            description="count the audience; queue nothing (answer 200)")
+    tags_any: Tags = _field("invalid_tag", default=None,
+                            description="only people with at least one of these tags")
+    tags_all: Tags = _field("invalid_tag", default=None,
+                            description="only people with every one of these tags")
+    exclude_tags: Tags = _field("invalid_tag", default=None,
+                                description="leave out people with any of these tags")
+    send_at: Annotated[str, StringConstraints(max_length=64)] | None = _field(
+        "invalid_send_at", default=None,
+        description="ISO 8601 with a UTC offset: schedule it (answer 202, status scheduled)")
 
 
 class LinkIn(Request):
@@ -166,6 +185,20 @@ class LinkIn(Request):
         description="ISO 8601 date-time (naive means UTC) or UNIX seconds, in the future")
     member_limit: int | None = _field("invalid_member_limit", default=None,
                                       description="1-99999; not with telegram_chat_id")
+    tags: Tags = _field("invalid_tag", default=None,
+                        description="everyone who joins through the link gets these tags")
+
+
+class SubscriberPatch(Request):
+    """Tags added to and removed from one person (removal wins for a tag in both)."""
+
+    add_tags: Tags = _field("invalid_tag", default=None)
+    remove_tags: Tags = _field("invalid_tag", default=None)
+
+
+class BroadcastsQuery(Query):
+    limit: int = _field("invalid_query", default=20, ge=1, le=100,
+                        description="how many, newest first (each is counted by status)")
 
 
 class SubjectPatch(Request):
@@ -251,6 +284,19 @@ class Subscriber(Answer):
     can_send: bool
     reason: str | None
     history: list[HistoryEntry]
+    tags: list[str] = Field(default_factory=list, description="this person's tags")
+
+
+class SubscriberTags(Answer):
+    channel: Channel
+    address: str
+    tags: list[str]
+
+
+class TagCount(Answer):
+    tag: str
+    channel: Channel
+    subscribed: int = Field(description="holders a broadcast could reach now")
 
 
 class Queued(Answer):
@@ -280,10 +326,19 @@ class Audience(Answer):
     excluded: dict[str, int] = Field(description="how many were left out, by reason")
 
 
+class Segment(Answer):
+    tags_any: list[str]
+    tags_all: list[str]
+    exclude_tags: list[str]
+
+
 class BroadcastCreated(Answer):
     id: int | None = Field(description="null for a dry run")
-    status: Literal["queued", "dry_run"]
-    audience: Audience
+    status: Literal["queued", "scheduled", "dry_run"]
+    audience: Audience = Field(description="for a scheduled broadcast, an estimate: it is "
+                                           "resolved again when it starts")
+    segment: Segment
+    send_at: str | None
 
 
 class Paused(Answer):
@@ -296,10 +351,15 @@ class Paused(Answer):
 class Broadcast(Answer):
     id: int
     channel: Channel
-    status: Literal["queued", "sending", "done", "cancelled", "paused"]
+    status: Literal["scheduled", "queued", "sending", "done", "cancelled", "paused"]
     counts: dict[MessageStatus, int]
     eligible: int
     excluded: dict[str, int]
+    segment: Segment
+    send_at: str | None
+    started_at: str | None
+    late: bool = Field(description="started more than a minute after send_at")
+    late_seconds: float | None
     created_at: str | None
     created_by: str | None
     resumed_at: str | None = Field(description="when an operator last resumed it")
@@ -329,6 +389,7 @@ class LinkView(Answer):
     active: bool
     created_by: str
     created_at: str | None
+    tags: list[str]
     qr_svg: str | None = Field(default=None, description="on create and on GET of one link")
 
 

@@ -26,6 +26,7 @@ from consentgate.bot.web.models import (
     BroadcastCancelled,
     BroadcastCreated,
     BroadcastIn,
+    BroadcastsQuery,
     ConsentAnswer,
     ConsentIn,
     Erasure,
@@ -47,6 +48,9 @@ from consentgate.bot.web.models import (
     SubjectPatch,
     SubjectPatched,
     Subscriber,
+    SubscriberPatch,
+    SubscriberTags,
+    TagCount,
 )
 
 __all__ = ["API_ROUTES", "Answer", "Route", "add_routes"]
@@ -101,6 +105,11 @@ API_ROUTES: tuple[Route, ...] = (
           "change", {201: Answer(OptOutAnswer)}, body=OptOutIn),
     Route("GET", "/api/v1/subscribers" + _CHANNEL, api.get_subscriber,
           "A subscriber's state and history", "read", {200: Answer(Subscriber)}),
+    Route("PATCH", "/api/v1/subscribers" + _CHANNEL, api.patch_subscriber,
+          "Add and remove a person's tags", "change", {200: Answer(SubscriberTags)},
+          body=SubscriberPatch),
+    Route("GET", "/api/v1/tags", api.get_tags, "The campaign's tags with how many each reaches",
+          "read", {200: Answer(TagCount, many=True)}),
     Route("POST", "/api/v1/messages", api.post_message, "Queue one message", "change",
           {202: Answer(Queued)}, body=MessageIn,
           headers={"Idempotency-Key": "repeat the first answer; send nothing twice "
@@ -112,6 +121,8 @@ API_ROUTES: tuple[Route, ...] = (
           {202: Answer(BroadcastCreated),
            200: Answer(BroadcastCreated, description="dry run: nothing queued")},
           body=BroadcastIn),
+    Route("GET", "/api/v1/broadcasts", api.get_broadcasts, "Broadcasts, newest first", "read",
+          {200: Answer(Broadcast, many=True)}, query=BroadcastsQuery),
     Route("GET", "/api/v1/broadcasts/{id}", api.get_broadcast, "A broadcast's progress",
           "read", {200: Answer(Broadcast)}),
     Route("POST", "/api/v1/broadcasts/{id}/cancel", api.cancel_broadcast,
