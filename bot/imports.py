@@ -24,11 +24,12 @@ from typing import Any
 from sqlalchemy import select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from consentgate.adapters.base import CHANNELS
+from consentgate.adapters.base import CHANNELS, has_unstorable_text
 from consentgate.bot import audit
 from consentgate.bot.addresses import normalise_address
 from consentgate.bot.config import CampaignSettings
-from consentgate.bot.consent import CONSENT_METHODS, source_is_denied
+from consentgate.bot.consent import CONSENT_METHODS, method_allowed, source_is_denied
+from consentgate.bot.csvcells import from_spreadsheet_safe
 from consentgate.bot.errors import GatewayError, InvalidInput
 from consentgate.bot.ledger import Ledger
 from consentgate.bot.versions import consent_text_version
@@ -63,6 +64,15 @@ class ImportReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"imported": self.imported, "rejected": self.rejected}
+
+
+def _unstorable(row: dict[str, str]) -> bool:
+    """A row with a NUL in a field: no database stores it (PostgreSQL refuses NUL in text),
+    and nothing a person wrote by hand holds one."""
+    return any(has_unstorable_text(v) for v in row.values())
+
+
+_UNSTORABLE_DETAIL = "a field holds a NUL character"
 
 
 def _rows(data: bytes, header: list[str]) -> tuple[str, list[tuple[int, dict[str, str]]]]:
@@ -188,9 +198,17 @@ async def import_consents(db: Database, ledger: Ledger, campaign: CampaignSettin
         if address is None:
             report.reject(line, code, detail)
             continue
+        if _unstorable(row):
+            report.reject(line, "invalid_text", _UNSTORABLE_DETAIL)
+            continue
         if row.get("method", "") not in CONSENT_METHODS:
             report.reject(line, "invalid_method", "method must be one of "
                           + ", ".join(sorted(CONSENT_METHODS)))
+            continue
+        if not method_allowed(channel, row["method"]):
+            report.reject(line, "method_not_allowed_for_channel",
+                          "a Telegram user subscribes only themselves (/start and the yes "
+                          "button): the method must be telegram_start")
             continue
         if not row.get("source") or not row.get("evidence"):
             report.reject(line, "missing_evidence", "source and evidence must not be empty")
@@ -272,6 +290,8 @@ async def import_opt_outs(db: Database, ledger: Ledger, campaign: CampaignSettin
         channel = row.get("channel", "")
         if channel not in CHANNELS:
             report.reject(line, "invalid_channel", "channel must be sms, email or telegram")
+        elif _unstorable(row):
+            report.reject(line, "invalid_text", _UNSTORABLE_DETAIL)
         elif row.get("address", "").startswith(HASH_PREFIX):
             # An erased entry of an exported list: only the keyed hash travels.
             digest_hex = row["address"][len(HASH_PREFIX):].lower()
@@ -280,8 +300,8 @@ async def import_opt_outs(db: Database, ledger: Ledger, campaign: CampaignSettin
             else:
                 hashed[(channel, digest_hex)] = row.get("reason") or "erased"
         else:
-            plain.append((line, channel, row.get("address", ""),
-                          row.get("reason") or "imported opt-out"))
+            plain.append((line, channel, from_spreadsheet_safe(row.get("address", "")),
+                          from_spreadsheet_safe(row.get("reason") or "imported opt-out")))
     if hashed:
         async with db.write() as conn:
             now = time.time()

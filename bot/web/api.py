@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import select
 
+from consentgate.adapters.base import has_unstorable_text
 from consentgate.bot.addresses import normalise_address
 from consentgate.bot.consent import Evidence, Status
 from consentgate.bot.errors import InvalidInput, NotFound
@@ -181,6 +182,8 @@ async def get_audit(request: web.Request) -> web.Response:
     if (not after.isdigit() or len(after) > 18 or not limit.isdigit()
             or not 1 <= int(limit) <= 10000):
         raise InvalidInput("invalid_query", "after must be a number, limit 1-10000")
+    if any(has_unstorable_text(v) for v in q.values()):  # PostgreSQL refuses NUL in text
+        raise InvalidInput("invalid_query", "the query holds a NUL character")
     stmt = (select(audit_events).where(audit_events.c.campaign == op.campaign.slug,
                                        audit_events.c.seq > int(after))
             .order_by(audit_events.c.seq).limit(int(limit)))

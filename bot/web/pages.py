@@ -39,6 +39,7 @@ _templates = Environment(
 # and no script runs on it.
 _PRIVATE_PAGE = {
     "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
     "X-Robots-Tag": "noindex",
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
