@@ -180,8 +180,8 @@ def source_skeleton(text: str) -> str:
     decomposed = unicodedata.normalize("NFKD", text)
     kept = "".join(c for c in decomposed if unicodedata.category(c) not in ("Mn", "Me", "Cf"))
     latin = unicodedata.normalize("NFKC", kept.translate(_latin_lookalikes()))
-    folded = latin.casefold().translate(_ASCII_FOLD).replace("rn", "m")
-    return _SEPARATORS.sub("", folded)
+    folded = _SEPARATORS.sub("", latin.casefold().translate(_ASCII_FOLD))
+    return folded.replace("rn", "m")
 
 
 def source_is_denied(source: str, denied_sources: tuple[str, ...]) -> bool:
