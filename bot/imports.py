@@ -81,7 +81,10 @@ def _rows(data: bytes, header: list[str]) -> tuple[str, list[tuple[int, dict[str
     except UnicodeDecodeError:
         raise InvalidInput("invalid_csv", "the file is not UTF-8 text") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+    try:
+        fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+    except csv.Error as exc:  # the header line is already too long a field
+        raise InvalidInput("invalid_csv", f"the file is not valid CSV: {exc}") from None
     if fields[: len(header)] != header:
         raise InvalidInput("invalid_csv", f"the header must be {','.join(header)}")
     reader.fieldnames = fields

@@ -91,7 +91,10 @@ async def telegram_update(request: web.Request) -> web.Response:
     if not secret_token_is_valid(campaign.telegram.webhook_secret or "",
                                  request.headers.get("X-Telegram-Bot-Api-Secret-Token")):
         raise Forbidden("invalid_secret_token", "X-Telegram-Bot-Api-Secret-Token does not match")
-    update = await read_json(request)
+    try:
+        update = await read_json(request)
+    except RecursionError:  # brackets nested past the parser's limit: not an Update
+        raise InvalidInput("malformed_json", "the body is nested too deeply") from None
     await gw.telegram.handle_update(campaign.slug, update)
     return web.Response(status=200)
 

@@ -242,3 +242,27 @@ async def test_unsubscribe_pages_are_not_sniffed(gw2: Harness) -> None:
     async with gw2.session.get(f"{gw2.url}/u/not-a-real-token") as r:
         assert r.status == 404
         assert r.headers.get("X-Content-Type-Options") == "nosniff"
+
+
+# -- the edges owned here: the Telegram webhook and the CSV imports ---------------------------
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"a":' * 50_000])
+async def test_a_deeply_nested_telegram_update_gets_a_4xx_not_a_retry_for_ever(
+        gw2: Harness, body: bytes) -> None:
+    before = await counts(gw2.db)
+    async with gw2.session.post(f"{gw2.url}/webhooks/telegram/{JANE}", data=body,
+                                headers={"Content-Type": "application/json",
+                                         "X-Telegram-Bot-Api-Secret-Token":
+                                             TELEGRAM_SECRET}) as r:
+        assert 400 <= r.status < 500, await r.text()
+    assert await counts(gw2.db) == before
+
+
+@pytest.mark.parametrize("path", ["/api/v1/consents/import", "/api/v1/suppressions/import"])
+async def test_a_csv_import_whose_header_is_one_huge_field_is_refused(gw2: Harness,
+                                                                     path: str) -> None:
+    before = await counts(gw2.db)
+    code, body = await gw2.api("POST", path, raw=b'{"a":' * 50_000,
+                               headers={"Content-Type": "text/csv"})
+    assert (code, body["code"]) == (422, "invalid_csv"), body
+    assert await counts(gw2.db) == before
