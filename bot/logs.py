@@ -119,7 +119,11 @@ class RedactingFilter(logging.Filter):
     database drivers): message, arguments and traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact_text(record.getMessage())
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a library's format and arguments do not match
+            message = f"{record.msg} {record.args!r}"
+        record.msg = redact_text(message)
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))

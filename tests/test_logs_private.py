@@ -251,3 +251,11 @@ async def test_a_failed_statement_does_not_show_its_parameters(db_url: str) -> N
             assert PERSON not in text and TEXT not in text, text
     finally:
         await db.dispose()
+
+
+def test_a_record_whose_arguments_do_not_fit_its_format_is_still_masked() -> None:
+    record = logging.LogRecord("some.library", logging.WARNING, __file__, 1,
+                               "sent %s to %s", (PERSON,), None)
+    assert RedactingFilter().filter(record)
+    text = logging.Formatter().format(record)
+    assert PERSON not in text and "+44***56" in text
