@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal, Protocol
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "RetryableSendError",
     "SendError",
     "SendResult",
+    "clean_text",
+    "has_unstorable_text",
 ]
 
 Channel = Literal["sms", "email", "telegram"]
@@ -51,6 +54,23 @@ def mask(address: str) -> str:
     if len(address) <= 4:
         return "***"
     return f"{address[:3]}***{address[-2:]}"
+
+
+#: What no text column can hold: NUL (PostgreSQL refuses it in text, whatever the encoding)
+#: and lone UTF-16 surrogates (not encodable as UTF-8, so the driver fails on them).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def has_unstorable_text(value: str) -> bool:
+    """Whether ``value`` holds a character no database text column can store."""
+    return _UNSTORABLE.search(value) is not None
+
+
+def clean_text(value: str) -> str:
+    """``value`` without NUL and lone surrogates. What a person or a provider sends is
+    cleaned at the edge, so a ``STOP\\0`` is read, stored and applied as ``STOP`` on every
+    database, instead of failing to store and being retried for ever."""
+    return _UNSTORABLE.sub("", value) if _UNSTORABLE.search(value) else value
 
 
 @dataclass(frozen=True)
@@ -189,6 +209,18 @@ class InboundEvent:
     payload: str | None = None
     chat_id: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Clean at the edge, whichever provider built the event: every text of it is stored
+        # (sender, text, event id ...), and PostgreSQL refuses NUL in any of them.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, str) and has_unstorable_text(value):
+                object.__setattr__(self, f.name, clean_text(value))
+        if any(has_unstorable_text(k) or has_unstorable_text(v)
+               for k, v in self.extra.items()):
+            object.__setattr__(self, "extra", {clean_text(k): clean_text(v)
+                                               for k, v in self.extra.items()})
 
 
 class ChannelAdapter(Protocol):

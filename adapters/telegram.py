@@ -391,6 +391,10 @@ def _numeric_chat_id(address: str) -> int:
 # -- inbound ---------------------------------------------------------------------------------
 
 
+#: The longest decimal form of a 64-bit id, sign included.
+_MAX_ID_CHARS = 20
+
+
 def parse_update(data: Mapping[str, Any]) -> list[InboundEvent]:
     """Read one Telegram Update as inbound events (none for updates the gateway ignores).
 
@@ -405,7 +409,13 @@ def parse_update(data: Mapping[str, Any]) -> list[InboundEvent]:
         return []  # chat_member, edits, channel posts and the rest
     try:
         update = Update.de_json(wanted, bot=None)
-        return _events(update, str(update.update_id))
+        events = _events(update, str(update.update_id))
+        # Telegram's ids are 64-bit integers: anything longer is not from Telegram, and
+        # would not fit the columns that store senders and event ids.
+        if any(len(v) > _MAX_ID_CHARS for e in events
+               for v in (e.address, e.chat_id or "", e.provider_event_id)):
+            raise ValueError("an id beyond Telegram's 64-bit range")
+        return events
     except (TypeError, KeyError, AttributeError, ValueError, OverflowError, OSError) as exc:
         # PTB fills missing nested fields with None rather than refusing them, and a date
         # out of range fails in datetime (OverflowError / OSError): whatever breaks on the

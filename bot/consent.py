@@ -7,6 +7,9 @@ product can be read in one place and tested without a database or a network.
 from __future__ import annotations
 
 import enum
+import functools
+import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -21,7 +24,9 @@ __all__ = [
     "Target",
     "check_new_consent",
     "decide",
+    "method_allowed",
     "next_send_time",
+    "source_skeleton",
     "source_is_denied",
 ]
 
@@ -124,10 +129,72 @@ class Evidence:
     actor: str  # the operator's name, or "recipient"
 
 
+#: Telegram consent is the person's own /start and "yes" button: nobody else can vouch for it.
+OPERATOR_METHODS_BY_CHANNEL: dict[str, frozenset[str]] = {
+    "telegram": frozenset({"telegram_start"}),
+}
+
+
+def method_allowed(channel: str, method: str) -> bool:
+    """Whether an operator (or an import) may record a consent by ``method`` on ``channel``.
+    A Telegram user subscribes only themselves: an operator's paper form, call or list
+    cannot start a bot conversation the person never started."""
+    allowed = OPERATOR_METHODS_BY_CHANNEL.get(channel)
+    return allowed is None or method in allowed
+
+
+@functools.cache
+def _latin_lookalikes() -> dict[int, str]:
+    """Non-ASCII characters that look like an ASCII letter or digit (Cyrillic "о", Greek "ο",
+    Cherokee, mathematical letters ...) -> that character, from the Unicode confusables data
+    (TR39) shipped by ``confusable_homoglyphs``. Loaded once, on first use."""
+    from confusable_homoglyphs import confusables
+
+    table: dict[int, str] = {}
+    for char, homoglyphs in confusables.confusables_data.items():
+        if len(char) != 1 or char.isascii():
+            continue
+        for h in homoglyphs:
+            c = h["c"]
+            if len(c) == 1 and c.isascii() and c.isalnum():
+                table[ord(char)] = c
+                break
+    return table
+
+
+#: ASCII look-alikes folded together after case-folding (TR39 skeletons do the same):
+#: "I", "l", "1" and "|" read alike, so do "0" and "o", and "rn" and "m".
+_ASCII_FOLD = str.maketrans({"1": "l", "i": "l", "|": "l", "0": "o"})
+_SEPARATORS = re.compile(r"[\W_]+")
+
+
+def source_skeleton(text: str) -> str:
+    """The form denied sources are compared on: what a reader sees, not how it was typed.
+
+    Compatibility forms become plain (NFKC: fullwidth letters, ligatures), accents and
+    zero-width or invisible characters go, look-alike letters of other scripts become the
+    Latin letter they imitate, case is folded, and every separator (spaces of any kind,
+    tabs, newlines, hyphens, underscores, punctuation) is dropped. So
+    "Ｕnion\u00a0mailing-list", "UNION  MAILING\tLIST" and "uni\u200bon mailing list" with
+    a Cyrillic "о" all read "unlonmalllngllst"."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    kept = "".join(c for c in decomposed if unicodedata.category(c) not in ("Mn", "Me", "Cf"))
+    latin = unicodedata.normalize("NFKC", kept.translate(_latin_lookalikes()))
+    folded = _SEPARATORS.sub("", latin.casefold().translate(_ASCII_FOLD))
+    return folded.replace("rn", "m")
+
+
 def source_is_denied(source: str, denied_sources: tuple[str, ...]) -> bool:
-    """Lists harvested from other groups are refused (case-insensitive containment)."""
-    folded = source.casefold()
-    return any(d.casefold() in folded for d in denied_sources if d.strip())
+    """Lists harvested from other groups are refused: the source contains a denied one,
+    compared on :func:`source_skeleton` so that no spelling, spacing or look-alike letter
+    gets around it."""
+    skeleton = source_skeleton(source)
+    return any(d in skeleton for d in _denied_skeletons(denied_sources))
+
+
+@functools.lru_cache(maxsize=16)
+def _denied_skeletons(denied_sources: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(s for s in map(source_skeleton, denied_sources) if s)
 
 
 def check_new_consent(
@@ -136,14 +203,19 @@ def check_new_consent(
     denied_sources: tuple[str, ...],
     *,
     by_recipient: bool,
+    channel: str | None = None,
 ) -> str | None:
     """The problem code that stops recording this consent, or None if it may be recorded.
 
     Only the recipient can undo their own opt-out or suppression: an operator or an import
-    gets ``opted_out`` / ``suppressed`` back.
+    gets ``opted_out`` / ``suppressed`` back. Nor can an operator subscribe a Telegram user
+    (``method_not_allowed_for_channel``).
     """
     if evidence.method not in CONSENT_METHODS:
         return "invalid_method"
+    if not by_recipient and channel is not None and not method_allowed(channel,
+                                                                        evidence.method):
+        return "method_not_allowed_for_channel"
     if not evidence.source.strip() or not evidence.evidence.strip():
         return "missing_evidence"
     if source_is_denied(evidence.source, denied_sources):

@@ -25,11 +25,12 @@ from typing import Any
 from sqlalchemy import and_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from consentgate.adapters.base import CHANNELS
+from consentgate.adapters.base import CHANNELS, has_unstorable_text
 from consentgate.bot import audit, outbox
 from consentgate.bot.addresses import normalise_address
 from consentgate.bot.config import CampaignSettings
-from consentgate.bot.consent import CONSENT_METHODS, source_is_denied
+from consentgate.bot.consent import CONSENT_METHODS, method_allowed, source_is_denied
+from consentgate.bot.csvcells import from_spreadsheet_safe
 from consentgate.bot.errors import GatewayError, InvalidInput
 from consentgate.bot.ledger import Ledger
 from consentgate.bot.tags import add_tags, tag_names
@@ -67,13 +68,25 @@ class ImportReport:
         return {"imported": self.imported, "rejected": self.rejected}
 
 
+def _unstorable(row: dict[str, str]) -> bool:
+    """A row with a NUL in a field: no database stores it (PostgreSQL refuses NUL in text),
+    and nothing a person wrote by hand holds one."""
+    return any(has_unstorable_text(v) for v in row.values())
+
+
+_UNSTORABLE_DETAIL = "a field holds a NUL character"
+
+
 def _rows(data: bytes, header: list[str]) -> tuple[str, list[tuple[int, dict[str, str]]]]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InvalidInput("invalid_csv", "the file is not UTF-8 text") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+    try:
+        fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+    except csv.Error as exc:  # the header line is already too long a field
+        raise InvalidInput("invalid_csv", f"the file is not valid CSV: {exc}") from None
     if fields[: len(header)] != header:
         raise InvalidInput("invalid_csv", f"the header must be {','.join(header)}")
     reader.fieldnames = fields
@@ -191,9 +204,17 @@ async def import_consents(db: Database, ledger: Ledger, campaign: CampaignSettin
         if address is None:
             report.reject(line, code, detail)
             continue
+        if _unstorable(row):
+            report.reject(line, "invalid_text", _UNSTORABLE_DETAIL)
+            continue
         if row.get("method", "") not in CONSENT_METHODS:
             report.reject(line, "invalid_method", "method must be one of "
                           + ", ".join(sorted(CONSENT_METHODS)))
+            continue
+        if not method_allowed(channel, row["method"]):
+            report.reject(line, "method_not_allowed_for_channel",
+                          "a Telegram user subscribes only themselves (/start and the yes "
+                          "button): the method must be telegram_start")
             continue
         if not row.get("source") or not row.get("evidence"):
             report.reject(line, "missing_evidence", "source and evidence must not be empty")
@@ -302,6 +323,8 @@ async def import_opt_outs(db: Database, ledger: Ledger, campaign: CampaignSettin
         channel = row.get("channel", "")
         if channel not in CHANNELS:
             report.reject(line, "invalid_channel", "channel must be sms, email or telegram")
+        elif _unstorable(row):
+            report.reject(line, "invalid_text", _UNSTORABLE_DETAIL)
         elif row.get("address", "").startswith(HASH_PREFIX):
             # An erased entry of an exported list: only the keyed hash travels.
             digest_hex = row["address"][len(HASH_PREFIX):].lower()
@@ -310,8 +333,8 @@ async def import_opt_outs(db: Database, ledger: Ledger, campaign: CampaignSettin
             else:
                 hashed[(channel, digest_hex)] = row.get("reason") or "erased"
         else:
-            plain.append((line, channel, row.get("address", ""),
-                          row.get("reason") or "imported opt-out"))
+            plain.append((line, channel, from_spreadsheet_safe(row.get("address", "")),
+                          from_spreadsheet_safe(row.get("reason") or "imported opt-out")))
     if hashed:
         async with db.write() as conn:
             now = time.time()

@@ -23,7 +23,10 @@ from consentgate.bot.errors import Conflict, InvalidInput
 from consentgate.storage.models import consent_events, links, subscriptions, suppressions
 from consentgate.storage.sql import upsert
 
-__all__ = ["HistoryEntry", "Ledger", "suppressed_clause"]
+__all__ = ["ANOTHER_CAMPAIGN", "HistoryEntry", "Ledger", "suppressed_clause"]
+
+#: How a campaign sees the author of a block recorded by another campaign of the gateway.
+ANOTHER_CAMPAIGN = "another campaign"
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,8 @@ class Ledger:
         tags; tags it already had stay. A pending double opt-in gets its link's tags only
         once it is confirmed."""
         state = await self.state(conn, campaign, channel, address)
-        problem = check_new_consent(ev, state, self.denied_sources, by_recipient=by_recipient)
+        problem = check_new_consent(ev, state, self.denied_sources, by_recipient=by_recipient,
+                                    channel=channel)
         if problem in ("opted_out", "suppressed"):
             raise Conflict(problem, "only the recipient can opt back in (START, a join page "
                                     "or Telegram /start)")
@@ -223,7 +227,10 @@ class Ledger:
             select(suppressions).where(suppressions.c.channel == channel,
                                        suppressions.c.address_hash == ahash))).first()
         if supp is not None:
-            out.append(HistoryEntry(supp.at, "suppressed", None, supp.reason, supp.actor))
+            # The every-campaign list is shared so that it blocks everywhere; who recorded a
+            # block in another campaign is that campaign's business, not this one's.
+            actor = supp.actor if supp.campaign == campaign else ANOTHER_CAMPAIGN
+            out.append(HistoryEntry(supp.at, "suppressed", None, supp.reason, actor))
             out.sort(key=lambda h: h.at)
         return out
 
@@ -282,5 +289,8 @@ _PROBLEM_DETAIL = {
                      "(lists may not be harvested from other groups)",
     "invalid_method": "method must be one of web_form, paper_form, verbal, keyword, "
                       "telegram_start, import",
+    "method_not_allowed_for_channel": "a Telegram user subscribes only themselves (/start "
+                                      "and the yes button): the method must be "
+                                      "telegram_start",
 }
 

@@ -35,7 +35,7 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from consentgate.adapters.base import PermanentSendError, RetryableSendError
+from consentgate.adapters.base import PermanentSendError, RetryableSendError, has_unstorable_text
 from consentgate.adapters.telegram import TelegramChannel
 from consentgate.bot import audit
 from consentgate.bot.config import CampaignSettings
@@ -352,7 +352,7 @@ class LinkService:
     async def find_any(self, conn: AsyncConnection, link_id: str) -> Link | None:
         """A link of any campaign by id (ids are unique across campaigns), or None: the
         public join page knows only the id."""
-        if len(link_id) > 64:
+        if len(link_id) > 64 or has_unstorable_text(link_id):  # no such id can exist
             return None
         row = (await conn.execute(select(links).where(links.c.id == link_id))).first()
         return _row_to_link(row) if row is not None else None

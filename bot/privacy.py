@@ -42,6 +42,7 @@ from consentgate.bot import audit, outbox
 from consentgate.bot.addresses import normalise_address
 from consentgate.bot.config import CampaignSettings, Settings
 from consentgate.bot.consent import Status
+from consentgate.bot.csvcells import spreadsheet_safe
 from consentgate.bot.errors import Conflict, NotFound
 from consentgate.bot.imports import HASH_PREFIX
 from consentgate.bot.ledger import Ledger
@@ -443,9 +444,11 @@ class Privacy:
             rows = await conn.execute(select(both).order_by(both.c.at, both.c.channel,
                                                             both.c.address))
             out = io.StringIO()
-            writer = csv.writer(out, lineterminator="\n")
+            # RFC 4180 line ends, so that a CR inside a cell is quoted like a line feed
+            writer = csv.writer(out, lineterminator="\r\n")
             writer.writerow(["channel", "address", "reason", "at"])
-            writer.writerows((r.channel, r.address, r.reason, iso(r.at)) for r in rows)
+            writer.writerows((spreadsheet_safe(r.channel), spreadsheet_safe(r.address),
+                              spreadsheet_safe(r.reason or ""), iso(r.at)) for r in rows)
         return out.getvalue()
 
     # -- retention --------------------------------------------------------------------------

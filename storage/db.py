@@ -52,6 +52,11 @@ class _LockedElsewhere(Exception):
     """Another process holds SQLite's write lock."""
 
 
+#: Every engine is created with ``hide_parameters=True``: a failed statement's error (and so
+#: its traceback in the log) shows the SQL but not the values bound to it, which are
+#: people's numbers, addresses and message texts.
+_HIDE_PARAMETERS = True
+
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x636F6E73  # pg_advisory_lock key: one migrating process at a time
 
@@ -116,6 +121,7 @@ class Database:
             self.engine: AsyncEngine = create_async_engine(
                 url, echo=echo, connect_args={"timeout": 30}, pool_size=pool_size,
                 max_overflow=pool_size, pool_reset_on_return=None,  # see _on_reset
+                hide_parameters=_HIDE_PARAMETERS,
             )
             _install_sqlite_hooks(self.engine.sync_engine, _begin_via_adapter)
             self.turns: WriteTurns | None = WriteTurns()
@@ -127,7 +133,7 @@ class Database:
         else:
             self.engine = create_async_engine(
                 url, echo=echo, pool_size=pool_size, max_overflow=pool_size,
-                pool_pre_ping=True,
+                pool_pre_ping=True, hide_parameters=_HIDE_PARAMETERS,
             )
             self.turns = None  # row locks: writers of different rows never wait for each other
             self._sync_url = None
@@ -189,7 +195,7 @@ class Database:
             assert self._sync_url is not None
             self._loop_engine = create_engine(
                 self._sync_url, connect_args={"timeout": 0}, pool_size=1, max_overflow=0,
-                pool_reset_on_return=None)  # see _on_reset
+                pool_reset_on_return=None, hide_parameters=_HIDE_PARAMETERS)  # see _on_reset
             _install_sqlite_hooks(self._loop_engine, _begin_via_connection,
                                   busy_timeout_ms=0, checkpoints=False)
         with self._loop_engine.connect() as conn:
@@ -242,7 +248,7 @@ class Database:
             assert self._sync_url is not None
             self._writer_engine = create_engine(
                 self._sync_url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0,
-                pool_reset_on_return=None)  # see _on_reset
+                pool_reset_on_return=None, hide_parameters=_HIDE_PARAMETERS)  # see _on_reset
             _install_sqlite_hooks(self._writer_engine, _begin_via_connection)
         return self._writer_engine.connect()
 

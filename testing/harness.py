@@ -178,8 +178,10 @@ class Harness:
 
     async def subscribe(self, address: str, channel: str = "sms", token: str = JANE_TOKEN,
                         source: str = "street stall") -> None:
+        # On Telegram only the person's own /start counts (an operator may record it).
+        method = "telegram_start" if channel == "telegram" else "paper_form"
         status, body = await self.api("POST", "/api/v1/consents", {
-            "channel": channel, "address": address, "method": "paper_form",
+            "channel": channel, "address": address, "method": method,
             "source": source, "evidence": "signed form"}, token=token)
         assert status == 201, body
 

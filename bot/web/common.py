@@ -125,14 +125,15 @@ def _bad_text(value: str) -> bool:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _check_tree(body: Any) -> None:
-    """Walk parsed JSON without recursion: refuse nesting deeper than MAX_DEPTH, and text
-    no storage or provider can take (NUL, lone surrogates), naming where it is."""
+def _check_tree(body: Any, *, refuse_unstorable: bool = True) -> None:
+    """Walk parsed JSON without recursion: refuse nesting deeper than MAX_DEPTH, and (with
+    ``refuse_unstorable``) text no storage or provider can take (NUL, lone surrogates),
+    naming where it is."""
     stack: list[tuple[Any, int, str]] = [(body, 1, "")]
     while stack:
         value, depth, where = stack.pop()
         if isinstance(value, str):
-            if _bad_text(value):
+            if refuse_unstorable and _bad_text(value):
                 raise InvalidInput("invalid_input", f"{where or 'body'}: contains a NUL "
                                                     "character or a lone surrogate")
             continue
@@ -143,16 +144,18 @@ def _check_tree(body: Any) -> None:
         items = value.items() if isinstance(value, dict) else enumerate(value)
         for key, item in items:
             name = f"{where}.{key}" if where else str(key)
-            if isinstance(key, str) and _bad_text(key):
+            if refuse_unstorable and isinstance(key, str) and _bad_text(key):
                 raise InvalidInput("invalid_input", "a field name contains a NUL character "
                                                     "or a lone surrogate")
             stack.append((item, depth + 1, name))
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
+async def read_json(request: web.Request, *, refuse_unstorable: bool = True) -> dict[str, Any]:
     """The whole request body as a JSON object, within the size limit, or a clear 4xx:
     413 when too large, 400 when not JSON, not an object, or nested too deep, 422 when a
-    text holds NUL or a lone surrogate."""
+    text holds NUL or a lone surrogate (unless ``refuse_unstorable`` is off: a provider's
+    inbound update, whose text is cleaned where it is read, so that ``STOP\0`` still opts
+    out)."""
     raw = await read_body(request, gateway(request).settings.server.max_body_bytes)
     try:
         body = json.loads(raw)
@@ -163,7 +166,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raise GatewayError("malformed_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise GatewayError("invalid_body", "the body must be a JSON object")
-    _check_tree(body)
+    _check_tree(body, refuse_unstorable=refuse_unstorable)
     return body
 
 

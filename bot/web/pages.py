@@ -47,6 +47,7 @@ async def metrics(request: web.Request) -> web.Response:
 # and no script runs on it.
 _PRIVATE_PAGE = {
     "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
     "X-Robots-Tag": "noindex",
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "

@@ -4,6 +4,7 @@ change it causes has committed."""
 
 from __future__ import annotations
 
+import structlog
 from aiohttp import web
 
 from consentgate.adapters.telegram import secret_token_is_valid
@@ -20,6 +21,8 @@ from consentgate.bot.web.common import gateway, read_json
 __all__ = ["add_routes"]
 
 _MAX_FORM = 64 * 1024
+
+_log = structlog.get_logger("consentgate.webhooks")
 
 
 def _twilio_campaign(request: web.Request) -> CampaignSettings:
@@ -55,6 +58,14 @@ async def twilio_sms(request: web.Request) -> web.Response:
         event = parse_inbound_sms(form)
     except ValueError as exc:
         raise InvalidInput("invalid_webhook", str(exc)) from None
+    scheme, colon, _ = event.address.partition(":")
+    if colon:
+        # ``whatsapp:+44...``, ``messenger:...``: another channel on the same Twilio account,
+        # not this number's SMS. Its START must not subscribe the SMS number (nor its STOP
+        # unsubscribe it): answered (so Twilio does not retry), nothing recorded.
+        _log.warning("webhook.sender_not_sms", campaign=campaign.slug,
+                     scheme=scheme if scheme.isalpha() and len(scheme) <= 16 else "other")
+        return _twiml(None)
     result = await gateway(request).inbound.apply_text(campaign.slug, event)
     return _twiml(result.reply)
 
@@ -80,7 +91,10 @@ async def telegram_update(request: web.Request) -> web.Response:
     if not secret_token_is_valid(campaign.telegram.webhook_secret or "",
                                  request.headers.get("X-Telegram-Bot-Api-Secret-Token")):
         raise Forbidden("invalid_secret_token", "X-Telegram-Bot-Api-Secret-Token does not match")
-    update = await read_json(request)
+    try:
+        update = await read_json(request, refuse_unstorable=False)
+    except RecursionError:  # brackets nested past the parser's limit: not an Update
+        raise InvalidInput("malformed_json", "the body is nested too deeply") from None
     await gw.telegram.handle_update(campaign.slug, update)
     return web.Response(status=200)
 
