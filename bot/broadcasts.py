@@ -219,6 +219,26 @@ class BroadcastService:
                 "created_at": iso(b.created_at), "created_by": b.created_by,
                 "resumed_at": iso(b.resumed_at), **paused}
 
+    async def recent_ids(self, campaign: str, *, before: int | None = None,
+                         limit: int = 50) -> list[int]:
+        """A campaign's broadcast ids, newest first; ``before`` continues from a page."""
+        stmt = (select(broadcasts.c.id).where(broadcasts.c.campaign == campaign)
+                .order_by(broadcasts.c.id.desc()).limit(limit))
+        if before is not None:
+            stmt = stmt.where(broadcasts.c.id < before)
+        async with self.db.read() as conn:
+            return [int(i) for i in (await conn.execute(stmt)).scalars()]
+
+    async def content(self, campaign: str, broadcast_id: int) -> tuple[str, str | None]:
+        """What a broadcast says: (text, email subject). 404 ``broadcast_not_found``."""
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(broadcasts.c.text, broadcasts.c.subject).where(
+                broadcasts.c.id == broadcast_id,
+                broadcasts.c.campaign == campaign))).first()
+        if row is None:
+            raise NotFound("broadcast_not_found", "no such broadcast in this campaign")
+        return str(row.text), row.subject
+
     async def resume(self, campaign: str, broadcast_id: int, actor: str) -> dict[str, Any]:
         """Resume a paused broadcast: its held messages are due again at once (the gate
         still decides each one when it is sent, so whoever opted out meanwhile gets
