@@ -283,6 +283,22 @@ async def test_an_idle_session_expires(console: Harness, jane: Browser) -> None:
     assert status == 303 and headers["Location"] == "/console/sign-in"
 
 
+async def test_expiry_removes_only_idle_or_too_old_sessions(console: Harness) -> None:
+    sessions = console.gateway.sessions
+    kept = await sessions.start(JANE, "Jane Doe")
+    idle = await sessions.start(JANE, "Bob Roe")
+    now = time.time()
+    async with console.db.write() as conn:
+        await conn.execute(update(console_sessions).where(
+            console_sessions.c.operator == "Bob Roe").values(last_seen_at=now - 31 * 60))
+    assert await sessions.find(idle) is None
+    assert await sessions.expire() == 1
+    found = await sessions.find(kept)
+    assert found is not None and (found.campaign, found.operator) == (JANE, "Jane Doe")
+    assert await sessions.expire(now + 13 * 3600) == 1  # past the longest a session lives
+    assert await sessions.find(kept) is None
+
+
 # -- forgery ------------------------------------------------------------------------------
 
 
