@@ -102,10 +102,14 @@ async def run(args: argparse.Namespace) -> None:
                     ("join links", "/console/links", None),
                     ("one link", f"/console/links/{link}", None),
                     ("replies", "/console/replies", None),
+                    ("replies (unresolved only)", "/console/replies?unresolved=1", None),
                     ("a person", f"/console/people?channel=sms&address={person}", None),
                     ("opt-outs", "/console/opt-outs", None),
                     ("audit", "/console/audit", None),
                     ("report", "/console/report", None),
+                    # Verifying the chain reads every audit record: asked for, not on a view.
+                    ("report + chain verified (on request)", "/console/report?verify=1",
+                     None),
                 ]
                 rows: list[tuple[str, object, str]] = [
                     ("seed subscribers s", seeded, f"{args.n:,} rows, bulk insert")]

@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from consentgate.storage.db import Database
 from consentgate.storage.models import audit_events, audit_heads
 
-__all__ = ["GENESIS", "AuditLog", "AuditRecord", "Verification", "append", "first_broken",
-           "record_hash", "subject_for", "verify"]
+__all__ = ["GENESIS", "AuditLog", "AuditRecord", "Verification", "Verified", "append",
+           "first_broken", "record_hash", "subject_for", "verify"]
 
 GENESIS = "0" * 64
 
@@ -171,11 +171,61 @@ async def verify(conn: AsyncConnection, campaign: str, *, page: int = 5000) -> V
     return Verification(campaign, count)
 
 
+@dataclass(frozen=True)
+class Verified:
+    """A verification of a campaign's chain and when it ran."""
+
+    at: float
+    result: Verification
+
+
 class AuditLog:
-    """Reading a campaign's audit log, oldest first, a page at a time."""
+    """Reading a campaign's audit log, a page at a time, and verifying its chain.
+
+    Verifying reads every record of the campaign (seconds for millions), so pages that show
+    the chain's state show the last verification this process ran and verify on request."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._verified: dict[str, Verified] = {}
+
+    async def verify(self, campaign: str) -> Verified:
+        """Verify the whole chain now (see :func:`verify`) and remember the answer."""
+        at = time.time()
+        async with self.db.read() as conn:
+            result = await verify(conn, campaign)
+        done = Verified(at, result)
+        self._verified[campaign] = done
+        return done
+
+    def last_verified(self, campaign: str) -> Verified | None:
+        """The last verification this process ran for the campaign, if any."""
+        return self._verified.get(campaign)
+
+    async def recent(self, campaign: str, *, before: int | None = None, limit: int = 50,
+                     action: str | None = None, actor: str | None = None) -> list[AuditRecord]:
+        """Records newest first; ``before`` (a ``seq``) continues from an earlier page;
+        ``action`` and ``actor`` narrow it."""
+        ae = audit_events
+        stmt = (select(ae).where(ae.c.campaign == campaign)
+                .order_by(ae.c.seq.desc()).limit(limit))
+        if action:
+            stmt = stmt.where(ae.c.action == action)
+        if actor:
+            stmt = stmt.where(ae.c.actor == actor)
+        if before is not None:
+            stmt = stmt.where(ae.c.seq < before)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [AuditRecord(r.seq, r.at, r.actor, r.action, r.subject, r.detail, r.prev_hash,
+                            r.hash) for r in rows]
+
+    async def records(self, campaign: str) -> int:
+        """How many records the campaign's chain holds (its head's ``seq``)."""
+        async with self.db.read() as conn:
+            seq = (await conn.execute(select(audit_heads.c.seq).where(
+                audit_heads.c.campaign == campaign))).scalar()
+        return int(seq or 0)
 
     async def list(self, campaign: str, *, after: int = 0, limit: int = 1000,
                    action: str | None = None, actor: str | None = None,

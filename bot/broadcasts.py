@@ -467,7 +467,7 @@ class BroadcastService:
                                                        dispatched_since=b.resumed_at)
         return _summary(b, found, judged, self.pause_after_attempts)
 
-    async def list(self, campaign: str, limit: int = 20) -> list[dict[str, Any]]:
+    async def latest(self, campaign: str, limit: int = 20) -> list[dict[str, Any]]:
         """The campaign's broadcasts, newest first, each as :meth:`view` shows it."""
         m = messages
         async with self.db.read() as conn:
@@ -504,6 +504,26 @@ class BroadcastService:
             leased = (await conn.execute(
                 select(messages.c.id).where(messages.c.lease_expires > now).limit(1))).first()
         return leased is None
+
+    async def recent_ids(self, campaign: str, *, before: int | None = None,
+                         limit: int = 50) -> list[int]:
+        """A campaign's broadcast ids, newest first; ``before`` continues from a page."""
+        stmt = (select(broadcasts.c.id).where(broadcasts.c.campaign == campaign)
+                .order_by(broadcasts.c.id.desc()).limit(limit))
+        if before is not None:
+            stmt = stmt.where(broadcasts.c.id < before)
+        async with self.db.read() as conn:
+            return [int(i) for i in (await conn.execute(stmt)).scalars()]
+
+    async def content(self, campaign: str, broadcast_id: int) -> tuple[str, str | None]:
+        """What a broadcast says: (text, email subject). 404 ``broadcast_not_found``."""
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(broadcasts.c.text, broadcasts.c.subject).where(
+                broadcasts.c.id == broadcast_id,
+                broadcasts.c.campaign == campaign))).first()
+        if row is None:
+            raise NotFound("broadcast_not_found", "no such broadcast in this campaign")
+        return str(row.text), row.subject
 
     async def resume(self, campaign: str, broadcast_id: int, actor: str) -> dict[str, Any]:
         """Resume a paused broadcast: its held messages are due again at once (the gate

@@ -93,6 +93,11 @@ class ConsentGate:
         state = await self.ledger.state(conn, campaign, channel, address)
         return self._decide(campaign, channel, address, kind, state)
 
+    def decide_state(self, campaign: str, channel: str, address: str, state: SubscriberState,
+                     kind: str = "campaign") -> Decision:
+        """:meth:`decide_now` for a state the caller has already read."""
+        return self._decide(campaign, channel, address, kind, state)
+
     async def admit(self, conn: AsyncConnection, worker: str, batch: Sequence[Claimed],
                     lease_seconds: float) -> Admission:
         """Decide every claimed message of ``batch`` now, in the caller's write transaction

@@ -26,9 +26,11 @@ from consentgate.bot.ledger import Ledger
 from consentgate.bot.links import LinkService
 from consentgate.bot.messages import MessageService
 from consentgate.bot.metrics import Metrics
+from consentgate.bot.overview import Overview
 from consentgate.bot.pgpacer import SharedPacer
 from consentgate.bot.privacy import Privacy
 from consentgate.bot.replies import ReplyService
+from consentgate.bot.sessions import SessionService
 from consentgate.bot.subscribers import SubscriberService
 from consentgate.bot.tags import TagService
 from consentgate.bot.telegram import TelegramService, telegram_bots
@@ -152,6 +154,9 @@ class Gateway:
         self.joins = JoinService(self.db, self.ledger, self.links, self.tokens, self.campaigns,
                                  settings.server.public_url, wake=self.dispatcher.wake)
         self.audit_log = AuditLog(self.db)
+        #: the organiser console's sessions and its home page's figures
+        self.sessions = SessionService(self.db)
+        self.overview = Overview(self.db)
 
     async def start(self) -> None:
         """Migrate, sync campaigns, recover from a previous crash."""

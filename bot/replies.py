@@ -48,14 +48,20 @@ class ReplyService:
         self.campaigns = tuple(campaigns)
 
     async def list(self, campaign: str, *, flagged: bool = False, unresolved: bool = False,
-                   limit: int = 500) -> list[dict[str, Any]]:
-        """Newest first; ``flagged`` only the flagged ones, ``unresolved`` only those no
-        person has decided about yet."""
+                   limit: int = 500, unflagged: bool = False,
+                   before: int | None = None) -> list[dict[str, Any]]:
+        """Newest first; ``flagged`` only the flagged ones (``unflagged`` only the others),
+        ``unresolved`` only those no person has decided about yet. ``before`` (a reply id)
+        continues from an earlier page: ids grow in order of arrival."""
         im = inbound_messages
         stmt = (select(im).where(im.c.campaign == campaign)
                 .order_by(im.c.at.desc(), im.c.id.desc()).limit(limit))
         if flagged:
             stmt = stmt.where(im.c.flag.is_not(None))
+        if unflagged:
+            stmt = stmt.where(im.c.flag.is_(None))
+        if before is not None:
+            stmt = stmt.where(im.c.id < before)
         if unresolved:
             stmt = stmt.where(im.c.resolution.is_(None))
         async with self.db.read() as conn:

@@ -184,6 +184,22 @@ async def test_a_campaign_team_runs_a_campaign_from_the_console(sqlite_url: str)
             await expect(page.locator("#status")).to_have_text("opted out")
             await _check(page, "person")
 
+            # The flagged reply is resolved in one click: its sender is opted out.
+            await _nav(page, "Replies")
+            flagged = page.locator(".reply.flagged", has_text="terrible bill")
+            await expect(flagged).to_contain_text("Waiting for a decision")
+            async with page.expect_navigation():
+                await flagged.get_by_role("button", name="It is an opt-out").click()
+            await expect(page.get_by_role("status")).to_contain_text("resolved")
+            await expect(flagged).to_contain_text("Resolved: opted out by Jane Doe")
+            assert await flagged.get_by_role("button").count() == 0
+            await _check(page)
+            await page.get_by_role("link", name="+447911123102").first.click()
+            await expect(page.locator("#status")).to_have_text("opted out")
+            await expect(page.locator("main")).to_contain_text("reviewed_reply")
+            await _nav(page, "Home")
+            await expect(page.locator(".stats")).to_contain_text("0 flagged replies waiting")
+
             # Opt-outs, audit and report pages.
             for label, shot in (("Opt-outs", "opt-outs"), ("Audit", "audit"),
                                 ("Report", "report")):

@@ -132,7 +132,7 @@ async def post_broadcast(call: Call, body: BroadcastIn) -> web.Response:
 
 async def get_broadcasts(call: Call, query: BroadcastsQuery) -> web.Response:
     """The campaign's broadcasts, newest first."""
-    return json_answer(await call.gw.broadcasts.list(call.op.campaign.slug, query.limit))
+    return json_answer(await call.gw.broadcasts.latest(call.op.campaign.slug, query.limit))
 
 
 async def get_broadcast(call: Call) -> web.Response:

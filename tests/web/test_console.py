@@ -283,6 +283,22 @@ async def test_an_idle_session_expires(console: Harness, jane: Browser) -> None:
     assert status == 303 and headers["Location"] == "/console/sign-in"
 
 
+async def test_expiry_removes_only_idle_or_too_old_sessions(console: Harness) -> None:
+    sessions = console.gateway.sessions
+    kept = await sessions.start(JANE, "Jane Doe")
+    idle = await sessions.start(JANE, "Bob Roe")
+    now = time.time()
+    async with console.db.write() as conn:
+        await conn.execute(update(console_sessions).where(
+            console_sessions.c.operator == "Bob Roe").values(last_seen_at=now - 31 * 60))
+    assert await sessions.find(idle) is None
+    assert await sessions.expire() == 1
+    found = await sessions.find(kept)
+    assert found is not None and (found.campaign, found.operator) == (JANE, "Jane Doe")
+    assert await sessions.expire(now + 13 * 3600) == 1  # past the longest a session lives
+    assert await sessions.find(kept) is None
+
+
 # -- forgery ------------------------------------------------------------------------------
 
 
@@ -519,6 +535,129 @@ async def test_replies_show_flagged_first_with_what_the_classifier_read(
     assert "flagged: possible opt out" in text
 
 
+_RESOLVE = re.compile(r'action="/console/replies/(\d+)/resolve"')
+
+
+async def _flagged_reply(console: Harness, jane: Browser, address: str) -> int:
+    """A reply the classifier flags, arrived through the signed webhook; its id as the
+    replies page offers it for resolution."""
+    await console.subscribe(address)
+    await console.sms_in(address, "We have got to STOP this terrible bill")
+    status, text, _ = await jane.get("/console/replies?unresolved=1")
+    assert status == 200
+    [reply_id] = _RESOLVE.findall(text)
+    return int(reply_id)
+
+
+async def test_a_flagged_reply_is_resolved_as_an_opt_out_in_one_click(
+        console: Harness, jane: Browser) -> None:
+    reply_id = await _flagged_reply(console, jane, "+447911123171")
+    status, text, _ = await jane.get("/console/")
+    assert "<strong>1</strong> flagged replies waiting" in text
+    status, _, headers = await jane.post(f"/console/replies/{reply_id}/resolve",
+                                         {"action": "opt_out"})
+    assert status == 303 and headers["Location"] == f"/console/replies?resolved={reply_id}"
+    code, body = await console.api("GET", "/api/v1/subscribers/sms/+447911123171")
+    assert code == 200 and body["status"] == "opted_out"
+    assert body["history"][-1]["method"] == "reviewed_reply"
+    assert body["history"][-1]["actor"] == "Jane Doe"
+    [resolved] = await _audit(console, "reply.resolved")
+    assert resolved.actor == "Jane Doe" and '"resolution":"opted_out"' in resolved.detail
+    status, text, _ = await jane.get(f"/console/replies?resolved={reply_id}")
+    assert f"Reply {reply_id} resolved." in text
+    assert "Resolved: <strong>opted out</strong> by Jane Doe" in text
+    assert _RESOLVE.findall(text) == []  # no buttons on a resolved reply
+    status, text, _ = await jane.get("/console/replies?unresolved=1")
+    assert "terrible bill" not in text and "No flagged reply is waiting" in text
+    status, text, _ = await jane.get("/console/")
+    assert "<strong>0</strong> flagged replies waiting" in text
+
+
+async def test_a_flagged_reply_is_resolved_as_not_an_opt_out(console: Harness,
+                                                              jane: Browser) -> None:
+    reply_id = await _flagged_reply(console, jane, "+447911123172")
+    status, _, _ = await jane.post(f"/console/replies/{reply_id}/resolve",
+                                   {"action": "not_an_opt_out"})
+    assert status == 303
+    code, body = await console.api("GET", "/api/v1/subscribers/sms/+447911123172")
+    assert code == 200 and body["status"] == "subscribed" and body["can_send"] is True
+    status, text, _ = await jane.get("/console/replies")
+    assert "Resolved: <strong>not an opt-out</strong> by Jane Doe" in text
+    assert "terrible bill" in text  # still listed, without the unresolved filter
+
+
+async def test_an_auditor_may_not_resolve_a_reply_nor_sees_the_buttons(
+        console: Harness, jane: Browser, auditor: Browser) -> None:
+    reply_id = await _flagged_reply(console, jane, "+447911123173")
+    status, text, _ = await auditor.get("/console/replies")
+    assert status == 200 and "terrible bill" in text and _RESOLVE.findall(text) == []
+    status, text, _ = await auditor.post(f"/console/replies/{reply_id}/resolve",
+                                         {"action": "opt_out"})
+    assert status == 403 and "auditor" in text
+    code, body = await console.api("GET", "/api/v1/subscribers/sms/+447911123173")
+    assert body["status"] == "subscribed"
+    assert await _audit(console, "reply.resolved") == []
+
+
+async def test_a_second_resolution_is_refused_with_a_clear_message(
+        console: Harness, jane: Browser) -> None:
+    reply_id = await _flagged_reply(console, jane, "+447911123174")
+    status, _, _ = await jane.post(f"/console/replies/{reply_id}/resolve",
+                                   {"action": "not_an_opt_out"})
+    assert status == 303
+    status, text, _ = await jane.post(f"/console/replies/{reply_id}/resolve",
+                                      {"action": "opt_out"})
+    assert status == 409 and "already_resolved" in text
+    assert "already resolved (not_an_opt_out)" in text
+    code, body = await console.api("GET", "/api/v1/subscribers/sms/+447911123174")
+    assert body["status"] == "subscribed"
+    assert len(await _audit(console, "reply.resolved")) == 1
+
+
+async def test_the_report_verifies_the_chain_only_when_asked(console: Harness,
+                                                             jane: Browser) -> None:
+    status, text, _ = await jane.get("/console/report")
+    assert status == 200 and "Audit chain: not verified since the gateway started" in text
+    status, text, _ = await jane.get("/console/report?verify=1")
+    assert status == 200 and "Audit chain: intact" in text and "verified " in text
+    await jane.post("/console/sign-out")  # one more record after the verification
+    b = Browser(console)
+    try:
+        await b.sign_in()
+        status, text, _ = await b.get("/console/report")
+        assert "Audit chain: intact" in text and "added since" in text
+        # A broken chain shows as broken once verified again.
+        async with console.db.write() as conn:
+            await conn.execute(update(audit_events).where(audit_events.c.seq == 1)
+                               .values(actor="someone else"))
+        status, text, _ = await b.get("/console/report?verify=1")
+        assert status == 200 and "Audit chain: broken at record 1" in text
+    finally:
+        await b.close()
+
+
+async def test_the_person_page_shows_state_history_and_replies_as_the_ledger_does(
+        console: Harness, jane: Browser) -> None:
+    address = "+447911123175"
+    await console.subscribe(address)
+    await console.sms_in(address, "See you Saturday")
+    gw = console.gateway
+    record = await gw.subscribers.record(JANE, "sms", address)
+    view = await gw.subscribers.view(gw.settings.campaigns[0], "sms", address)
+    assert (record.status, record.can_send, record.reason) == (
+        view["status"], view["can_send"], view["reason"])
+    assert [h.event for h in record.history] == [h["event"] for h in view["history"]]
+    assert [r["text"] for r in record.replies] == ["See you Saturday"]
+    await console.api("POST", "/api/v1/opt-outs", {"channel": "sms", "address": address})
+    record = await gw.subscribers.record(JANE, "sms", address)
+    view = await gw.subscribers.view(gw.settings.campaigns[0], "sms", address)
+    assert (record.status, record.can_send, record.reason) == (
+        view["status"], view["can_send"], view["reason"]) == ("opted_out", False,
+                                                             "opted_out")
+    status, text, _ = await jane.get(f"/console/people?channel=sms&address={address}")
+    assert status == 200 and "See you Saturday" in text and "opted out" in text
+
+
 async def test_the_audit_page_filters_and_verifies_the_chain(console: Harness,
                                                              jane: Browser) -> None:
     status, text, _ = await jane.get("/console/audit?action=console.signed_in&verify=1")
@@ -592,6 +731,18 @@ async def test_sessions_and_a_console_change_work_on_postgresql(pg_url: str) -> 
             assert status == 303
             [created] = await _audit(gw, "link.created")
             assert created.actor == "Jane Doe"
+            # The person page's two queries and a reply's resolution, on PostgreSQL too.
+            await gw.subscribe("+447911123176")
+            await gw.sms_in("+447911123176", "We have got to STOP this terrible bill")
+            status, text, _ = await b.get("/console/people?channel=sms&address=%2B447911123176")
+            assert status == 200 and "We can message them" in text and "terrible bill" in text
+            status, text, _ = await b.get("/console/replies?unresolved=1")
+            [reply_id] = _RESOLVE.findall(text)
+            status, _, _ = await b.post(f"/console/replies/{reply_id}/resolve",
+                                        {"action": "opt_out"})
+            assert status == 303
+            status, text, _ = await b.get("/console/people?channel=sms&address=%2B447911123176")
+            assert "We cannot message them" in text and "reviewed_reply" in text
             status, _, _ = await b.post("/console/sign-out")
             assert status == 303
             async with gw.db.read() as conn:

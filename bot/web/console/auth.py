@@ -2,9 +2,9 @@
 
 A campaign's operators sign in with their name and a password whose argon2id hash is in the
 config; an operator without one cannot sign in. The session id lives only in an HttpOnly
-cookie; the database keeps its SHA-256, so a copy of the database cannot be replayed as a
-session. Sessions end when idle, when their owner signs out, or when the operator is no
-longer in the config.
+cookie; the database keeps its SHA-256 (:mod:`bot.sessions`), so a copy of the database
+cannot be replayed as a session. Sessions end when idle, when their owner signs out, or
+when the operator is no longer in the config.
 
 Every state-changing request must come from the console itself: its ``Origin`` (or
 ``Sec-Fetch-Site``) must be this gateway's, and its form must carry a token derived from the
@@ -30,12 +30,9 @@ import structlog
 from aiohttp import web
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select, update
 
-from consentgate.bot import audit
 from consentgate.bot.config import CampaignSettings, OperatorSettings, Settings
-from consentgate.storage.db import Database
-from consentgate.storage.models import console_sessions
+from consentgate.bot.sessions import IDLE_SECONDS, SessionService
 
 __all__ = [
     "IDLE_SECONDS",
@@ -53,16 +50,9 @@ _log = structlog.get_logger("consentgate.console")
 
 SESSION_COOKIE = "consentgate_console"
 SIGNIN_COOKIE = "consentgate_signin"
-IDLE_SECONDS = 30 * 60  # a console left alone at a stall signs itself out
-MAX_AGE_SECONDS = 12 * 3600  # and no session outlives a long day
-_TOUCH_EVERY = 60.0  # last_seen_at is written at most once a minute per session
 
 _hasher = PasswordHasher()
 _dummy_hash: str | None = None
-
-
-def _sha256(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def _dummy() -> str:
@@ -133,59 +123,33 @@ def find_operator(settings: Settings, campaign: str, name: str) -> OperatorSetti
 
 
 class Sessions:
-    """Console sessions in the database (only the hash of each id)."""
+    """Who is behind a session cookie: the session service's record of it, checked against
+    the config (an operator removed from it, or left without a password, is signed out)."""
 
-    def __init__(self, db: Database, settings: Settings) -> None:
-        self.db = db
+    def __init__(self, service: SessionService, settings: Settings) -> None:
+        self.service = service
         self.settings = settings
         self.campaigns = {c.slug: c for c in settings.campaigns}
 
     async def start(self, campaign: str, operator: str) -> str:
-        """A new session for a signed-in operator; returns its id (for the cookie only).
-        Expired sessions are cleared here, so the table stays small."""
-        sid = secrets.token_urlsafe(32)
-        now = time.time()
-        async with self.db.write() as conn:
-            await conn.execute(delete(console_sessions).where(
-                console_sessions.c.last_seen_at < now - IDLE_SECONDS))
-            await conn.execute(console_sessions.insert().values(
-                id_hash=_sha256(sid), campaign=campaign, operator=operator,
-                created_at=now, last_seen_at=now))
-            await audit.append(conn, campaign, operator, "console.signed_in",
-                               f"operator#{operator}", {}, at=now)
-        return sid
+        """A new session for a signed-in operator; returns its id (for the cookie only)."""
+        return await self.service.start(campaign, operator)
 
     async def user(self, sid: str | None) -> ConsoleUser | None:
         """The operator behind a session id, or None if it is unknown, idle too long,
         too old, or its operator may no longer sign in."""
-        if not sid or len(sid) > 100:
+        found = await self.service.find(sid)
+        if found is None or sid is None:
             return None
-        now = time.time()
-        id_hash = _sha256(sid)
-        async with self.db.read() as conn:
-            row = (await conn.execute(select(console_sessions).where(
-                console_sessions.c.id_hash == id_hash))).first()
-        if (row is None or row.last_seen_at < now - IDLE_SECONDS
-                or row.created_at < now - MAX_AGE_SECONDS):
-            return None
-        campaign = self.campaigns.get(row.campaign)
-        op = find_operator(self.settings, row.campaign, row.operator)
+        campaign = self.campaigns.get(found.campaign)
+        op = find_operator(self.settings, found.campaign, found.operator)
         if campaign is None or op is None or not op.password_hash:
             return None
-        if row.last_seen_at < now - _TOUCH_EVERY:
-            async with self.db.write() as conn:
-                await conn.execute(update(console_sessions)
-                                   .where(console_sessions.c.id_hash == id_hash)
-                                   .values(last_seen_at=now))
         return ConsoleUser(op.name, op.role, campaign,
                            csrf_token(self.settings.security.secret_key, "session", sid))
 
     async def end(self, sid: str, user: ConsoleUser) -> None:
-        async with self.db.write() as conn:
-            await conn.execute(delete(console_sessions).where(
-                console_sessions.c.id_hash == _sha256(sid)))
-            await audit.append(conn, user.campaign.slug, user.name, "console.signed_out",
-                               f"operator#{user.name}", {})
+        await self.service.end(sid, user.campaign.slug, user.name)
 
 
 class SignInLimiter:

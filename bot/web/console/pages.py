@@ -15,16 +15,12 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from sqlalchemy import func, select
 
 from consentgate.adapters.base import CHANNELS
-from consentgate.bot import audit
-from consentgate.bot.consent import Status
 from consentgate.bot.errors import Forbidden, InvalidInput, NotFound
 from consentgate.bot.imports import import_consents, import_opt_outs
 from consentgate.bot.links import qr_png, qr_svg
 from consentgate.bot.messages import iso
-from consentgate.bot.privacy import Privacy
 from consentgate.bot.report import compliance_report
 from consentgate.bot.web.common import GATEWAY
 from consentgate.bot.web.console.auth import (
@@ -46,13 +42,6 @@ from consentgate.bot.web.console.routes import (
     set_session_cookie,
     set_signin_cookie,
     user,
-)
-from consentgate.storage.models import (
-    audit_events,
-    broadcasts,
-    consent_events,
-    inbound_messages,
-    subscriptions,
 )
 
 __all__ = ["add_routes"]
@@ -80,10 +69,13 @@ async def _form(request: web.Request) -> dict[str, str]:
     return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
-def _when(ts: float | None) -> str:
-    if ts is None:
+def _when(ts: float | str | None) -> str:
+    """A time as the console shows it; ``ts`` is seconds or an ISO 8601 string (as the
+    services' answers carry)."""
+    if ts is None or ts == "":
         return ""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.fromisoformat(ts) if isinstance(ts, str) else datetime.fromtimestamp(ts, UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _cursor(value: str | None) -> int | None:
@@ -173,40 +165,20 @@ async def home(request: web.Request) -> web.Response:
     me = user(request)
     gw = _gw(request)
     slug = me.campaign.slug
-    s = subscriptions
-    week_ago = time.time() - 7 * 86400
-
 
     async def by_status() -> dict[str, dict[str, int]]:
-        async with gw.db.read() as conn:
-            rows = await conn.execute(
-                select(s.c.channel, s.c.status, func.count()).where(s.c.campaign == slug)
-                .group_by(s.c.channel, s.c.status))
-            found: dict[str, dict[str, int]] = {}
-            for channel, status, n in rows:
-                found.setdefault(channel, {})[status] = int(n)
-            return found
+        found: dict[str, dict[str, int]] = await gw.overview.by_status(slug)
+        return found
 
     counts = await request.app[COUNTS].get(("home", slug), by_status)
-    async with gw.db.read() as conn:
-        opt_outs = int((await conn.execute(
-            select(func.count()).select_from(consent_events).where(
-                consent_events.c.campaign == slug, consent_events.c.event == "opted_out",
-                consent_events.c.at >= week_ago))).scalar_one())
-        flagged = int((await conn.execute(
-            select(func.count()).select_from(inbound_messages).where(
-                inbound_messages.c.campaign == slug,
-                inbound_messages.c.flag.is_not(None)))).scalar_one())
-        recent = [int(i) for i in (await conn.execute(
-            select(broadcasts.c.id).where(broadcasts.c.campaign == slug)
-            .order_by(broadcasts.c.id.desc()).limit(5))).scalars()]
-    views = [await gw.broadcasts.view(slug, b) for b in recent]
+    glance = await gw.overview.glance(slug, since=time.time() - 7 * 86400)
+    views = [await gw.broadcasts.view(slug, b) for b in glance.recent_broadcasts]
     active = [v for v in views if v["status"] in ("queued", "sending", "paused")]
     links = await gw.links.list(slug)
     channels = me.campaign.channels()
     return page(request, "home.html", counts=counts.value, counted=counts, when=_when,
-                channels=channels, statuses=_STATUSES,
-                opt_outs=opt_outs, flagged=flagged, active=active, links=links[:10])
+                channels=channels, statuses=_STATUSES, opt_outs=glance.opt_outs,
+                flagged=glance.flagged_waiting, active=active, links=links[:10])
 
 
 # -- join links ---------------------------------------------------------------------------
@@ -336,12 +308,8 @@ async def broadcasts_page(request: web.Request) -> web.Response:
     gw = _gw(request)
     draft = _draft(request.query, me)
     before = _cursor(request.query.get("before"))
-    stmt = (select(broadcasts.c.id).where(broadcasts.c.campaign == me.campaign.slug)
-            .order_by(broadcasts.c.id.desc()).limit(PAGE_SIZE + 1))
-    if before is not None:
-        stmt = stmt.where(broadcasts.c.id < before)
-    async with gw.db.read() as conn:
-        ids = [int(i) for i in (await conn.execute(stmt)).scalars()]
+    ids = await gw.broadcasts.recent_ids(me.campaign.slug, before=before,
+                                         limit=PAGE_SIZE + 1)
     more = len(ids) > PAGE_SIZE
     views = [await gw.broadcasts.view(me.campaign.slug, i) for i in ids[:PAGE_SIZE]]
     audience = await _audience(request, me, draft)
@@ -412,12 +380,10 @@ async def broadcast_page(request: web.Request) -> web.Response:
     me = user(request)
     gw = _gw(request)
     view = await gw.broadcasts.view(me.campaign.slug, _broadcast_id(request))
-    async with gw.db.read() as conn:
-        row = (await conn.execute(select(broadcasts.c.text, broadcasts.c.subject).where(
-            broadcasts.c.id == view["id"]))).one()
+    text, subject = await gw.broadcasts.content(me.campaign.slug, view["id"])
     template = "_progress.html" if request.headers.get("HX-Request") == "true" \
         else "broadcast.html"
-    return page(request, template, b=view, text=row.text, subject=row.subject)
+    return page(request, template, b=view, text=text, subject=subject)
 
 
 async def broadcast_cancel(request: web.Request) -> web.StreamResponse:
@@ -441,24 +407,23 @@ async def broadcast_resume(request: web.Request) -> web.StreamResponse:
 
 async def replies_page(request: web.Request) -> web.Response:
     """The inbox: flagged replies first (a person must read them), then the rest, newest
-    first, a page at a time."""
+    first, a page at a time. ``unresolved=1`` leaves out the flagged replies already
+    decided."""
     me = user(request)
     gw = _gw(request)
-    im = inbound_messages
+    slug = me.campaign.slug
     before = _cursor(request.query.get("before"))
-    stmt = (select(im).where(im.c.campaign == me.campaign.slug, im.c.flag.is_(None))
-            .order_by(im.c.id.desc()).limit(PAGE_SIZE + 1))
-    if before is not None:
-        stmt = stmt.where(im.c.id < before)
-    async with gw.db.read() as conn:
-        flagged = (await conn.execute(
-            select(im).where(im.c.campaign == me.campaign.slug, im.c.flag.is_not(None))
-            .order_by(im.c.id.desc()).limit(PAGE_SIZE))).all() if before is None else []
-        rest = (await conn.execute(stmt)).all()
+    unresolved = request.query.get("unresolved") == "1"
+    flagged = await gw.replies.list(slug, flagged=True, unresolved=unresolved,
+                                    limit=PAGE_SIZE) if before is None else []
+    if not unresolved:
+        # Those still waiting for a decision come first.
+        flagged.sort(key=lambda r: r["resolution"] is not None)
+    rest = await gw.replies.list(slug, unflagged=True, before=before, limit=PAGE_SIZE + 1)
     more = len(rest) > PAGE_SIZE
     return page(request, "replies.html", flagged=flagged, rest=rest[:PAGE_SIZE], when=_when,
-                next_before=rest[PAGE_SIZE - 1].id if more else None,
-                can_resolve=True)
+                next_before=rest[PAGE_SIZE - 1]["id"] if more else None,
+                unresolved=unresolved, resolved=request.query.get("resolved"))
 
 
 async def resolve_reply(request: web.Request) -> web.StreamResponse:
@@ -475,15 +440,10 @@ async def resolve_reply(request: web.Request) -> web.StreamResponse:
         raise NotFound("reply_not_found", "no such reply")
     await gw.replies.resolve(me.campaign.slug, int(reply_id), action,
                              (form.get("note") or "")[:1000] or None, me.name)
-    return see_other("/console/replies")
+    return see_other(f"/console/replies?resolved={int(reply_id)}")
 
 
 # -- a person -----------------------------------------------------------------------------
-
-
-def _privacy(request: web.Request) -> Privacy:
-    gw = _gw(request)
-    return Privacy(gw.db, gw.ledger, gw.settings)
 
 
 async def person_page(request: web.Request) -> web.Response:
@@ -494,27 +454,9 @@ async def person_page(request: web.Request) -> web.Response:
         return page(request, "person.html", record=None, channels=me.campaign.channels(),
                     query={"channel": q.get("channel", "sms"), "address": ""})
     channel = _channel(q.get("channel"), me)
-    address = _privacy(request).address(me.campaign, channel, q["address"][:320])
-    slug = me.campaign.slug
-    async with gw.db.read() as conn:
-        state = await gw.ledger.state(conn, slug, channel, address)
-        decision = await gw.gate.decide_now(conn, slug, channel, address)
-        history = await gw.ledger.history(conn, slug, channel, address)
-        replies = (await conn.execute(
-            select(inbound_messages).where(
-                inbound_messages.c.campaign == slug, inbound_messages.c.channel == channel,
-                inbound_messages.c.address_hash == gw.ledger.hash(channel, address))
-            .order_by(inbound_messages.c.id.desc()).limit(PAGE_SIZE))).all()
-        restricted = bool((await conn.execute(
-            select(subscriptions.c.restricted).where(
-                subscriptions.c.campaign == slug, subscriptions.c.channel == channel,
-                subscriptions.c.address == address))).scalar())
-    status = Status.SUPPRESSED if state.suppressed else state.status
-    record = {"channel": channel, "address": address, "status": status.value,
-              "can_send": decision.allowed,
-              "reason": decision.reason.value if decision.reason else None,
-              "restricted": restricted,
-              "history": history, "replies": replies}
+    address = gw.privacy.address(me.campaign, channel, q["address"][:320])
+    record = await gw.subscribers.record(me.campaign.slug, channel, address,
+                                         replies=PAGE_SIZE)
     return page(request, "person.html", record=record, channels=me.campaign.channels(),
                 query={"channel": channel, "address": address}, when=_when)
 
@@ -528,7 +470,7 @@ async def _person_form(request: web.Request) -> tuple[ConsoleUser, dict[str, str
     me = _changer(request)
     form = await _form(request)
     channel = _channel(form.get("channel"), me)
-    address = _privacy(request).address(me.campaign, channel, form.get("address", "")[:320])
+    address = _gw(request).privacy.address(me.campaign, channel, form.get("address", "")[:320])
     return me, form, channel, address
 
 
@@ -544,7 +486,7 @@ async def person_export(request: web.Request) -> web.Response:
     me = user(request)
     form = await _form(request)
     channel = _channel(form.get("channel"), me)
-    privacy = _privacy(request)
+    privacy = _gw(request).privacy
     address = privacy.address(me.campaign, channel, form.get("address", "")[:320])
     export = await privacy.export(me.campaign, channel, address, me.name)
     return web.Response(text=json.dumps(export, indent=2, ensure_ascii=False),
@@ -556,7 +498,7 @@ async def person_export(request: web.Request) -> web.Response:
 async def person_rectify(request: web.Request) -> web.StreamResponse:
     me, form, channel, address = await _person_form(request)
     _confirmed(form)
-    privacy = _privacy(request)
+    privacy = _gw(request).privacy
     corrected = privacy.address(me.campaign, channel, form.get("new_address", "")[:320])
     await privacy.rectify(me.campaign, channel, address, corrected, me.name)
     return see_other(_person_url(channel, corrected))
@@ -566,14 +508,14 @@ async def person_restrict(request: web.Request) -> web.StreamResponse:
     me, form, channel, address = await _person_form(request)
     _confirmed(form)
     restricted = form.get("restricted") == "true"
-    await _privacy(request).restrict(me.campaign, channel, address, restricted, me.name)
+    await _gw(request).privacy.restrict(me.campaign, channel, address, restricted, me.name)
     return see_other(_person_url(channel, address))
 
 
 async def person_erase(request: web.Request) -> web.Response:
     me, form, channel, address = await _person_form(request)
     _confirmed(form)
-    result = await _privacy(request).erase(me.campaign, channel, address, me.name)
+    result = await _gw(request).privacy.erase(me.campaign, channel, address, me.name)
     return page(request, "erased.html", channel=channel, result=result)
 
 
@@ -590,10 +532,7 @@ async def record_opt_out(request: web.Request) -> web.StreamResponse:
     me, form, channel, address = await _person_form(request)
     gw = _gw(request)
     reason = (form.get("reason") or "operator request").strip()[:500]
-    async with gw.db.write() as conn:
-        await gw.ledger.record_opt_out(conn, me.campaign.slug, channel, address,
-                                       method="operator", reason=reason, actor=me.name)
-    gw.metrics.opt_outs.labels(channel, "operator").inc()
+    await gw.subscribers.opt_out(me.campaign, me.name, channel, address, reason)
     return see_other(_person_url(channel, address))
 
 
@@ -626,7 +565,7 @@ async def import_consent_csv(request: web.Request) -> web.Response:
 
 async def export_suppressions(request: web.Request) -> web.Response:
     me = user(request)
-    text = await _privacy(request).suppressions_csv(me.campaign.slug)
+    text = await _gw(request).privacy.suppressions_csv(me.campaign.slug)
     return web.Response(text=text, content_type="text/csv", headers={
         "Cache-Control": "no-store",
         "Content-Disposition": f'attachment; filename="{me.campaign.slug}-suppressions.csv"'})
@@ -642,21 +581,13 @@ async def audit_page(request: web.Request) -> web.Response:
     gw = _gw(request)
     q = request.query
     before = _cursor(q.get("before"))
-    a = audit_events
-    stmt = (select(a).where(a.c.campaign == me.campaign.slug)
-            .order_by(a.c.seq.desc()).limit(PAGE_SIZE + 1))
     filters = {k: q.get(k, "")[:200] for k in ("action", "actor")}
-    if filters["action"]:
-        stmt = stmt.where(a.c.action == filters["action"])
-    if filters["actor"]:
-        stmt = stmt.where(a.c.actor == filters["actor"])
-    if before is not None:
-        stmt = stmt.where(a.c.seq < before)
+    rows = await gw.audit_log.recent(me.campaign.slug, before=before, limit=PAGE_SIZE + 1,
+                                     action=filters["action"] or None,
+                                     actor=filters["actor"] or None)
     verification = None
-    async with gw.db.read() as conn:
-        rows = (await conn.execute(stmt)).all()
-        if q.get("verify") == "1":
-            verification = await audit.verify(conn, me.campaign.slug)
+    if q.get("verify") == "1":
+        verification = (await gw.audit_log.verify(me.campaign.slug)).result
     more = len(rows) > PAGE_SIZE
     return page(request, "audit.html", rows=rows[:PAGE_SIZE], filters=filters, when=_when,
                 next_before=rows[PAGE_SIZE - 1].seq if more else None,
@@ -664,9 +595,20 @@ async def audit_page(request: web.Request) -> web.Response:
 
 
 async def report_page(request: web.Request) -> web.Response:
+    """The compliance report. Its figures are counted on every view; the audit chain is
+    verified only when asked (``verify=1``, also from the audit page), since that reads
+    every record: the page shows the last verification and how many records came since."""
     me = user(request)
-    report = await compliance_report(_gw(request).db, me.campaign.slug)
-    return page(request, "report.html", report=report, iso=iso)
+    gw = _gw(request)
+    slug = me.campaign.slug
+    if request.query.get("verify") == "1":
+        await gw.audit_log.verify(slug)
+    verified = gw.audit_log.last_verified(slug)
+    report = await compliance_report(gw.db, slug, verify_chain=False,
+                                     chain=verified.result if verified else None)
+    records = await gw.audit_log.records(slug)
+    return page(request, "report.html", report=report, iso=iso, verified=verified,
+                records=records, when=_when)
 
 
 def add_routes(app: web.Application) -> None:

@@ -158,7 +158,7 @@ def console_app(gateway: Gateway) -> web.Application:
     app = web.Application(middlewares=[_console],
                           client_max_size=gateway.settings.server.max_import_bytes)
     app[GATEWAY] = gateway
-    app[SESSIONS] = Sessions(gateway.db, gateway.settings)
+    app[SESSIONS] = Sessions(gateway.sessions, gateway.settings)
     app[LIMITER] = SignInLimiter()
     app[COUNTS] = SlowCounts()
     pages.add_routes(app)
