@@ -507,8 +507,13 @@ class PolicySettings(_Table):
 
     denied_sources: Array[Text] = Field(
         default=(),
-        description="consent whose source contains one of these (case-insensitive) is refused "
-        "with `denied_source`. Empty entries are refused (they would match every source).",
+        description="consent whose source contains one of these is refused with "
+        "`denied_source`. Compared as a reader sees the text: case, accents, fullwidth forms, "
+        "spacing of any kind (tabs, line breaks, no-break and zero-width spaces), hyphens, "
+        "underscores, punctuation and look-alike letters of other scripts (a Cyrillic \"о\") "
+        "make no difference (see [data-protection.md]"
+        "(data-protection.md#purpose-limitation-and-provenance)). Empty entries are refused "
+        "(they would match every source).",
     )
     quiet_hours: Annotated[
         tuple[str, str] | None, BeforeValidator(_quiet_hours), _Doc("string")

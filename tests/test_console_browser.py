@@ -21,7 +21,7 @@ from tests.web.test_console import PASSWORDS, console_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "docs" / "console"
-AXE = (Path(__file__).resolve().parent / "assets" / "axe.min.js").read_text()
+AXE = (Path(__file__).resolve().parent / "vendor" / "axe.min.js").read_text()
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]

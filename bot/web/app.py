@@ -29,24 +29,12 @@ _log = structlog.get_logger("consentgate.web")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-#: Paths whose last part is a token (a confirmation or unsubscribe link): never logged.
-_TOKEN_PATHS = ("/confirm/", "/u/")
-
-
-def loggable_path(path: str) -> str:
-    """``path`` as a log line may show it: a link token is replaced by ``{token}``."""
-    for prefix in _TOKEN_PATHS:
-        if path.startswith(prefix):
-            return prefix + "{token}"
-    return path
-
-
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=uuid.uuid4().hex[:12],
                                            method=request.method,
-                                           path=loggable_path(request.path))
+                                           path=request.path)  # masked by bot.logs
     response = await _answer(request, handler)
     return _harden(request, response)
 

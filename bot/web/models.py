@@ -210,7 +210,7 @@ class SubjectPatch(Request):
 
 
 class AuditQuery(Query):
-    after: int = _field("invalid_query", default=0, ge=0, le=10**18,
+    after: int = _field("invalid_query", default=0, ge=0, le=2**31 - 1,
                         description="only records after this seq")
     limit: int = _field("invalid_query", default=1000, ge=1, le=10000)
     action: str | None = _field("invalid_query", default=None, max_length=MAX_FILTER)
