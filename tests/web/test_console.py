@@ -987,3 +987,26 @@ async def test_an_auditor_sees_no_compose_or_cancel_controls_for_a_scheduled_bro
         assert status == 403 and "auditor" in text, path
     code, body = await console.api("GET", f"/api/v1/broadcasts/{body['id']}")
     assert body["status"] == "scheduled"
+
+
+def test_segments_in_words_and_send_at_on_the_campaigns_clock() -> None:
+    from consentgate.bot.errors import InvalidInput
+    from consentgate.bot.tags import Segment
+    from consentgate.bot.web.console.pages import segment_words, send_at_of
+
+    assert segment_words(Segment()) == "everyone"
+    assert segment_words(Segment(("a", "b"), ("c",), ("d", "e"))) == (
+        "people tagged a or b, with c, leaving out those tagged d or e")
+    assert segment_words(Segment(exclude_tags=("staff",))) == (
+        "everyone except those tagged staff")
+    now = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    assert send_at_of("", "Europe/London", now) is None
+    # Summer and winter time on the same clock, and another zone.
+    assert send_at_of("2026-05-07T07:00", "Europe/London", now) == "2026-05-07T07:00:00+01:00"
+    assert send_at_of("2026-11-07T07:00", "Europe/London", now) == "2026-11-07T07:00:00+00:00"
+    assert send_at_of("2026-05-07T07:00", "America/New_York", now) == (
+        "2026-05-07T07:00:00-04:00")
+    for bad in ("2025-12-31T07:00", "7am", "2026-05-07T07:00" + "0" * 40):
+        with pytest.raises(InvalidInput) as refused:
+            send_at_of(bad, "Europe/London", now)
+        assert refused.value.code == "invalid_send_at"

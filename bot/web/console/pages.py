@@ -286,7 +286,7 @@ def segment_words(segment: Segment) -> str:
     """The segment as the confirmation states it, e.g. "people tagged volunteer or
     ward-north, leaving out those tagged staff"."""
     if segment.everyone:
-        return "everyone on the channel"
+        return "everyone"
     parts = []
     if segment.tags_any:
         parts.append("people tagged " + " or ".join(segment.tags_any))
@@ -294,7 +294,7 @@ def segment_words(segment: Segment) -> str:
         parts.append(("with " if parts else "people tagged ")
                      + " and ".join(segment.tags_all))
     if segment.exclude_tags:
-        parts.append(("leaving out " if parts else "everyone on the channel except ")
+        parts.append(("leaving out " if parts else "everyone except ")
                      + "those tagged " + " or ".join(segment.exclude_tags))
     return ", ".join(parts)
 
