@@ -390,8 +390,14 @@ async def _tag_choices(request: web.Request, me: ConsoleUser,
                        draft: dict[str, Any]) -> list[dict[str, Any]]:
     """The campaign's tags for the compose form: ``[{tag, counts: {channel: n}}]`` (how
     many on each channel a broadcast could reach now), with any tag the draft names that
-    nobody holds yet."""
-    rows = await _gw(request).tags.counts(me.campaign.slug)
+    nobody holds yet. Like the audience, a slow count is reused for a while."""
+    slug = me.campaign.slug
+
+    async def count() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = await _gw(request).tags.counts(slug)
+        return found
+
+    rows = (await request.app[COUNTS].get(("tags", slug), count)).value
     found: dict[str, dict[str, int]] = {}
     for row in rows:
         found.setdefault(row["tag"], {})[row["channel"]] = row["subscribed"]
