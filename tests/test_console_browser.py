@@ -94,6 +94,9 @@ async def test_a_campaign_team_runs_a_campaign_from_the_console(sqlite_url: str)
             await gw.api("POST", "/api/v1/opt-outs",
                          {"channel": "sms", "address": "+447911123100"})
             await gw.subscribe("organiser@example.org", channel="email")
+            status, _ = await gw.api("PATCH", "/api/v1/subscribers/sms/+447911123102",
+                                     {"add_tags": ["volunteer"]})
+            assert status == 200
 
             desk = await browser.new_context(**DESKTOP)
             page = await desk.new_page()
@@ -156,6 +159,15 @@ async def test_a_campaign_team_runs_a_campaign_from_the_console(sqlite_url: str)
             await expect(preview).to_contain_text("Reaches 1 person")
             await expect(preview).to_contain_text("Promoted by Jane Doe")
             await page.get_by_label("Channel").select_option("sms")
+            await expect(preview).to_contain_text("Reaches 4 people")
+            # A segment: the preview follows the ticked tags too.
+            await page.locator("#b-tags_any-volunteer").check()
+            await expect(preview).to_contain_text("Reaches 1 person")
+            await page.locator("#b-exclude_tags-volunteer").check()
+            await expect(preview).to_contain_text("Reaches 0 people")
+            await page.locator("#b-tags_any-volunteer").uncheck()
+            await expect(preview).to_contain_text("Reaches 3 people")
+            await page.locator("#b-exclude_tags-volunteer").uncheck()
             await expect(preview).to_contain_text("Reaches 4 people")
             await _check(page, "compose")
             async with page.expect_navigation():

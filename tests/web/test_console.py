@@ -12,6 +12,7 @@ import html
 import re
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -102,9 +103,12 @@ class Browser:
 
     async def post(self, path: str, data: Any = None, *, csrf: bool = True,
                    origin: str | None = "self", **kw: Any) -> tuple[int, str, Any]:
-        form = dict(data or {})
-        if csrf:
+        # A list of pairs sends a field more than once (ticked checkboxes).
+        form: Any = list(data) if isinstance(data, list) else dict(data or {})
+        if csrf and isinstance(form, dict):
             form.setdefault("csrf", self.csrf)
+        elif csrf and not any(k == "csrf" for k, _ in form):
+            form.append(("csrf", self.csrf))
         headers = dict(kw.pop("headers", {}))
         if origin is not None:
             headers["Origin"] = self.gw.url if origin == "self" else origin
@@ -786,3 +790,223 @@ async def test_no_session_id_reaches_the_log(console: Harness) -> None:
         assert logs and sid and sid not in repr(logs) and b.csrf not in repr(logs)
     finally:
         await b.close()
+
+
+# -- segments and scheduling in compose ---------------------------------------------------
+
+
+async def _tagged(h: Harness, number: str, tags: list[str]) -> None:
+    body: dict[str, Any] = {"channel": "sms", "address": number, "method": "paper_form",
+                            "source": "street stall", "evidence": "signed form"}
+    if tags:
+        body["tags"] = tags
+    status, answer = await h.api("POST", "/api/v1/consents", body)
+    assert status == 201, answer
+
+
+async def _five_people(h: Harness) -> None:
+    """Ann (volunteer, ward-north), Ben (volunteer), Cat (ward-north), Dan (volunteer;
+    opted out), Fay (no tags)."""
+    await _tagged(h, "+447911123201", ["volunteer", "ward-north"])
+    await _tagged(h, "+447911123202", ["volunteer"])
+    await _tagged(h, "+447911123203", ["ward-north"])
+    await _tagged(h, "+447911123204", ["volunteer"])
+    await _tagged(h, "+447911123205", [])
+    status, _ = await h.api("POST", "/api/v1/opt-outs", {"channel": "sms",
+                                                        "address": "+447911123204"})
+    assert status == 201
+
+
+def _checkbox(text: str, kind: str, tag: str) -> str:
+    found = re.search(rf'<input type="checkbox" id="b-{kind}-{tag}"[^>]*>\s*'
+                      rf'<label for="b-{kind}-{tag}">([^<]*)<span class="note">([^<]*)</span>',
+                      text)
+    assert found, (kind, tag)
+    return found.group(2)
+
+
+async def test_compose_lists_the_tags_and_the_preview_counts_match_the_api_dry_run(
+        console: Harness, jane: Browser) -> None:
+    await _five_people(console)
+    status, text, _ = await jane.get("/console/broadcasts")
+    assert status == 200
+    # Each tag under each kind, with how many the channel can reach (Dan opted out).
+    for kind in ("tags_any", "tags_all", "exclude_tags"):
+        assert _checkbox(text, kind, "volunteer") == "(2 sms)"
+        assert _checkbox(text, kind, "ward-north") == "(2 sms)"
+    assert 'type="datetime-local"' in text and 'for="b-send-at"' in text
+    for segment in ({"tags_any": ["volunteer", "ward-north"]},
+                    {"tags_all": ["volunteer", "ward-north"]},
+                    {"tags_any": ["ward-north"], "exclude_tags": ["volunteer"]},
+                    {"exclude_tags": ["ward-north"]},
+                    {}):
+        query = [("channel", "sms"), ("text", "Canvass")] + [
+            (kind, tag) for kind, tags in segment.items() for tag in tags]
+        status, text, _ = await jane.get("/console/broadcasts/preview", params=query,
+                                         headers={"HX-Request": "true"})
+        assert status == 200
+        code, dry = await console.api("POST", "/api/v1/broadcasts", {
+            "channel": "sms", "text": "Canvass", "dry_run": True, **segment})
+        assert code == 200
+        eligible = dry["audience"]["eligible"]
+        assert f"Reaches <strong>{eligible}</strong> " in text, segment
+        for reason, n in dry["audience"]["excluded"].items():
+            assert f"{n} not reached: {reason.replace('_', ' ')}" in text, segment
+    # Without JavaScript, the Preview button keeps the ticked boxes ticked.
+    status, text, _ = await jane.get("/console/broadcasts/preview", params=[
+        ("channel", "sms"), ("text", "Canvass"), ("tags_all", "ward-north")])
+    assert status == 200 and "<html" in text
+    assert re.search(r'id="b-tags_all-ward-north"[^>]*checked', text)
+    assert not re.search(r'id="b-tags_any-ward-north"[^>]*checked', text)
+    # A tag that is not a tag name is a clear 4xx.
+    status, text, _ = await jane.get("/console/broadcasts/preview", params=[
+        ("channel", "sms"), ("tags_any", "Ward North")])
+    assert status == 422 and "not a tag name" in text
+
+
+async def test_a_segmented_send_from_the_console_reaches_exactly_the_tagged_people(
+        console: Harness, jane: Browser) -> None:
+    await _five_people(console)
+    await jane.get("/console/broadcasts")
+    form = [("channel", "sms"), ("text", "Canvass on Saturday"),
+            ("tags_any", "volunteer"), ("tags_any", "ward-north"),
+            ("exclude_tags", "ward-north"), ("send_at", "")]
+    status, text, _ = await jane.post("/console/broadcasts/confirm",
+                                      form)
+    assert status == 200, text
+    assert "Send to 1 person" in text  # Ben: Ann and Cat are left out, Dan opted out
+    assert ("Goes to people tagged volunteer or ward-north, leaving out those tagged "
+            "ward-north on sms.") in text
+    assert "Goes now." in text
+    # The confirmation carries the segment on to the send.
+    for kind, tag in (("tags_any", "volunteer"), ("tags_any", "ward-north"),
+                      ("exclude_tags", "ward-north")):
+        assert f'<input type="hidden" name="{kind}" value="{tag}">' in text
+    status, _, headers = await jane.post("/console/broadcasts", form + [
+        ("expected", "1")])
+    assert status == 303
+    [created] = await _audit(console, "broadcast.created")
+    assert created.actor == "Jane Doe"
+    sent = await console.twilio.wait_for(1)
+    assert [m.to for m in sent] == ["+447911123202"]
+    status, text, _ = await jane.get(headers["Location"])
+    assert "To people tagged volunteer or ward-north, leaving out" in text
+    code, listed = await console.api("GET", "/api/v1/broadcasts")
+    assert listed[0]["segment"] == {"tags_any": ["volunteer", "ward-north"], "tags_all": [],
+                                    "exclude_tags": ["ward-north"]}
+
+
+async def test_a_scheduled_broadcast_shows_its_time_can_be_cancelled_and_late_starts_show(
+        console: Harness, jane: Browser) -> None:
+    from zoneinfo import ZoneInfo
+
+    await _five_people(console)
+    zone = ZoneInfo(console.gateway.settings.policy.timezone)
+    later = (datetime.now(zone) + timedelta(days=2)).replace(second=0, microsecond=0)
+    local = later.strftime("%Y-%m-%dT%H:%M")
+    await jane.get("/console/broadcasts")
+    form = [("channel", "sms"), ("text", "Polls open at 7"), ("tags_all", "volunteer"),
+            ("send_at", local)]
+    status, text, _ = await jane.post("/console/broadcasts/confirm",
+                                      form)
+    assert status == 200, text
+    assert "Schedule for 2 people" in text
+    assert f"Scheduled for <strong>{later.strftime('%a %d %b %Y, %H:%M')}" in text
+    status, _, headers = await jane.post("/console/broadcasts", form + [
+        ("expected", "2")])
+    assert status == 303
+    broadcast_id = int(headers["Location"].rsplit("/", 1)[1])
+    code, body = await console.api("GET", f"/api/v1/broadcasts/{broadcast_id}")
+    assert body["status"] == "scheduled"
+    assert datetime.fromisoformat(body["send_at"]) == later  # the campaign's wall clock
+    status, text, _ = await jane.get("/console/broadcasts")
+    assert f"Scheduled for {later.strftime('%a %d %b %Y, %H:%M')}" in text
+    assert f'action="/console/broadcasts/{broadcast_id}/cancel"' in text
+    status, text, _ = await jane.get(f"/console/broadcasts/{broadcast_id}")
+    assert '<span id="status">scheduled</span>' in text and "Cancel it" in text
+    status, _, _ = await jane.post(f"/console/broadcasts/{broadcast_id}/cancel")
+    assert status == 303
+    [cancelled] = await _audit(console, "broadcast.cancelled")
+    assert cancelled.actor == "Jane Doe"
+    code, body = await console.api("GET", f"/api/v1/broadcasts/{broadcast_id}")
+    assert body["status"] == "cancelled"
+    # Another one starts three days late (the gateway was down at the time): it shows so.
+    await jane.get("/console/broadcasts")
+    status, _, headers = await jane.post("/console/broadcasts", form + [
+        ("expected", "2")])
+    assert status == 303
+    late_id = int(headers["Location"].rsplit("/", 1)[1])
+    scheduler = console.gateway.scheduler
+    scheduler.clock = lambda: time.time() + 5 * 86400
+    scheduler.wake()
+    sent = await console.twilio.wait_for(2)  # it started, and reached the two volunteers
+    assert {m.to for m in sent} == {"+447911123201", "+447911123202"}
+    status, text, _ = await jane.get("/console/broadcasts")
+    assert "(started late)" in text and "min late" in text
+    status, text, _ = await jane.get(f"/console/broadcasts/{late_id}")
+    assert 'id="late"' in text and "Started late" in text
+
+
+async def test_a_send_at_in_the_past_or_malformed_is_refused_and_queues_nothing(
+        console: Harness, jane: Browser) -> None:
+    await _five_people(console)
+    await jane.get("/console/broadcasts")
+    for value, words in (("2001-01-01T09:00", "in the past"),
+                         ("next tuesday", "give a date and time"),
+                         ("２０２６-01-01T09:00", "give a date and time")):
+        status, text, _ = await jane.post("/console/broadcasts/confirm", {
+            "channel": "sms", "text": "Hi", "send_at": value})
+        assert status == 422 and words in text, value
+        status, text, _ = await jane.post("/console/broadcasts", {
+            "channel": "sms", "text": "Hi", "send_at": value, "expected": "4"})
+        assert status == 422, value
+    assert await _audit(console, "broadcast.created") == []
+    assert await _audit(console, "broadcast.scheduled") == []
+
+
+async def test_an_auditor_sees_no_compose_or_cancel_controls_for_a_scheduled_broadcast(
+        console: Harness, auditor: Browser) -> None:
+    await _five_people(console)
+    code, body = await console.api("POST", "/api/v1/broadcasts", {
+        "channel": "sms", "text": "Later", "tags_any": ["volunteer"],
+        "send_at": (datetime.now(UTC) + timedelta(days=1)).isoformat()})
+    assert code == 202 and body["status"] == "scheduled"
+    status, text, _ = await auditor.get("/console/broadcasts")
+    assert status == 200 and "Scheduled for" in text
+    for control in ('name="tags_any"', 'name="send_at"', "Review and send",
+                    f"/console/broadcasts/{body['id']}/cancel"):
+        assert control not in text, control
+    status, text, _ = await auditor.get(f"/console/broadcasts/{body['id']}")
+    assert "Cancel it" not in text
+    for path, form in (("/console/broadcasts/confirm",
+                        {"channel": "sms", "text": "Hi", "tags_any": "volunteer"}),
+                       ("/console/broadcasts", {"channel": "sms", "text": "Hi",
+                                                "tags_any": "volunteer", "expected": "2"}),
+                       (f"/console/broadcasts/{body['id']}/cancel", {})):
+        status, text, _ = await auditor.post(path, form)
+        assert status == 403 and "auditor" in text, path
+    code, body = await console.api("GET", f"/api/v1/broadcasts/{body['id']}")
+    assert body["status"] == "scheduled"
+
+
+def test_segments_in_words_and_send_at_on_the_campaigns_clock() -> None:
+    from consentgate.bot.errors import InvalidInput
+    from consentgate.bot.tags import Segment
+    from consentgate.bot.web.console.pages import segment_words, send_at_of
+
+    assert segment_words(Segment()) == "everyone"
+    assert segment_words(Segment(("a", "b"), ("c",), ("d", "e"))) == (
+        "people tagged a or b, with c, leaving out those tagged d or e")
+    assert segment_words(Segment(exclude_tags=("staff",))) == (
+        "everyone except those tagged staff")
+    now = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    assert send_at_of("", "Europe/London", now) is None
+    # Summer and winter time on the same clock, and another zone.
+    assert send_at_of("2026-05-07T07:00", "Europe/London", now) == "2026-05-07T07:00:00+01:00"
+    assert send_at_of("2026-11-07T07:00", "Europe/London", now) == "2026-11-07T07:00:00+00:00"
+    assert send_at_of("2026-05-07T07:00", "America/New_York", now) == (
+        "2026-05-07T07:00:00-04:00")
+    for bad in ("2025-12-31T07:00", "7am", "2026-05-07T07:00" + "0" * 40):
+        with pytest.raises(InvalidInput) as refused:
+            send_at_of(bad, "Europe/London", now)
+        assert refused.value.code == "invalid_send_at"

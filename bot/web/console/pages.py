@@ -12,16 +12,20 @@ import secrets
 import time
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 import structlog
 from aiohttp import web
 
 from consentgate.adapters.base import CHANNELS
+from consentgate.bot.broadcasts import parse_send_at
 from consentgate.bot.errors import Forbidden, InvalidInput, NotFound
 from consentgate.bot.imports import import_consents, import_opt_outs
 from consentgate.bot.links import qr_png, qr_svg
 from consentgate.bot.messages import iso
 from consentgate.bot.report import compliance_report
+from consentgate.bot.tags import Segment, segment_of
 from consentgate.bot.web.common import GATEWAY
 from consentgate.bot.web.console.auth import (
     SESSION_COOKIE,
@@ -269,60 +273,168 @@ async def revoke_link(request: web.Request) -> web.StreamResponse:
 # -- broadcasts ---------------------------------------------------------------------------
 
 
-def _draft(form: Any, me: ConsoleUser) -> dict[str, Any]:
+_SEGMENT_FIELDS = ("tags_any", "tags_all", "exclude_tags")
+
+
+def _values(form: Any, name: str) -> list[str]:
+    """Every value of a repeated field (ticked checkboxes), from a query or a posted form."""
+    found = form.getall(name, []) if hasattr(form, "getall") else [form.get(name)]
+    return [v for v in found if isinstance(v, str) and v.strip()]
+
+
+def segment_words(segment: Segment) -> str:
+    """The segment as the confirmation states it, e.g. "people tagged volunteer or
+    ward-north, leaving out those tagged staff"."""
+    if segment.everyone:
+        return "everyone"
+    parts = []
+    if segment.tags_any:
+        parts.append("people tagged " + " or ".join(segment.tags_any))
+    if segment.tags_all:
+        parts.append(("with " if parts else "people tagged ")
+                     + " and ".join(segment.tags_all))
+    if segment.exclude_tags:
+        parts.append(("leaving out " if parts else "everyone except ")
+                     + "those tagged " + " or ".join(segment.exclude_tags))
+    return ", ".join(parts)
+
+
+def send_at_of(local: str, zone: str, now: float) -> str | None:
+    """A ``datetime-local`` field's value (``2026-05-07T07:00``, a wall-clock time in the
+    campaign's time zone ``zone``) as the ISO 8601 time with offset the service takes; None
+    when empty. Raises ``invalid_send_at`` (422) for a malformed or past time. A wall-clock
+    time that happens twice (clocks going back) is taken the first time; one that never
+    happens (clocks going forward) is moved on by the gap, as ``zoneinfo`` does."""
+    local = local.strip()
+    if not local:
+        return None
+    try:
+        if not local.isascii() or len(local) > 32:
+            raise ValueError(local)
+        wall = datetime.fromisoformat(local)
+    except ValueError:
+        raise InvalidInput("invalid_send_at", "send at: give a date and time, e.g. "
+                                              "2026-05-07T07:00") from None
+    if wall.tzinfo is None:
+        wall = wall.replace(tzinfo=ZoneInfo(zone))
+    when = wall.isoformat(timespec="seconds")
+    parse_send_at(when, now)  # refuses a time in the past, as the API does
+    return when
+
+
+def _local(ts: str | None, zone: str) -> str:
+    """An ISO 8601 time in the campaign's time zone, with UTC beside it."""
+    if not ts:
+        return ""
+    when = datetime.fromisoformat(ts)
+    there = when.astimezone(ZoneInfo(zone)).strftime("%a %d %b %Y, %H:%M")
+    return f"{there} ({zone}; {when.astimezone(UTC).strftime('%H:%M')} UTC)"
+
+
+def _draft(form: Any, me: ConsoleUser, zone: str = "UTC") -> dict[str, Any]:
     channels = me.campaign.channels()
     channel = form.get("channel") or (channels[0] if channels else "sms")
     if channel not in CHANNELS:
         raise InvalidInput("invalid_channel", "channel must be one of sms, email, telegram")
     text = form.get("text", "")
     subject = form.get("subject", "")
-    draft: dict[str, Any] = {"channel": channel, "text": text, "subject": subject}
+    lists = {name: _values(form, name) for name in _SEGMENT_FIELDS}
+    segment = segment_of(*(lists[name] for name in _SEGMENT_FIELDS))
+    send_at_local = form.get("send_at", "")
+    send_at_local = send_at_local if isinstance(send_at_local, str) else ""
+    draft: dict[str, Any] = {"channel": channel, "text": text, "subject": subject,
+                             "segment": segment, "segment_words": segment_words(segment),
+                             "send_at_local": send_at_local.strip()[:32]}
+    pairs = [("channel", channel), ("text", text), ("subject", subject)]
+    pairs += [(name, tag) for name in _SEGMENT_FIELDS for tag in getattr(segment, name)]
+    if draft["send_at_local"]:
+        pairs.append(("send_at", draft["send_at_local"]))
+    draft["query"] = urlencode(pairs)
     if channel == "sms" and text.strip():
         sms = me.campaign.sms
         draft["sms"] = sms_preview(text, sms.opt_out_instruction if sms else "Reply STOP")
     return draft
 
 
+def _schedule(draft: dict[str, Any], zone: str) -> str | None:
+    """Check the draft's "send at" and put it, and when it goes in words, into the draft."""
+    send_at = send_at_of(draft["send_at_local"], zone, time.time())
+    due = parse_send_at(send_at, time.time())
+    draft["send_at"] = send_at if due is not None else None
+    draft["send_at_words"] = _local(send_at, zone) if due is not None else None
+    return draft["send_at"]  # type: ignore[no-any-return]
+
+
 async def _audience(request: web.Request, me: ConsoleUser, draft: dict[str, Any], *,
                     fresh: bool = False) -> dict[str, Any] | None:
-    """Who the draft reaches: ``{eligible, excluded}`` as the API's dry run answers (and,
-    for the preview, ``counted_at`` when the count was reused; see :mod:`.counts`)."""
+    """Who the draft reaches: ``{eligible, excluded}`` as the API's dry run answers for the
+    same channel and segment (and, for the preview, ``counted_at`` when the count was
+    reused; see :mod:`.counts`)."""
     gw = _gw(request)
-    slug, channel = me.campaign.slug, draft["channel"]
+    slug, channel, segment = me.campaign.slug, draft["channel"], draft["segment"]
     if channel not in me.campaign.channels():
         return None
     if fresh:
-        audience: dict[str, Any] = await gw.broadcasts.audience(slug, channel)
+        audience: dict[str, Any] = await gw.broadcasts.audience(slug, channel, segment)
         return audience
 
     async def count() -> dict[str, Any]:
-        found: dict[str, Any] = await gw.broadcasts.audience(slug, channel)
+        found: dict[str, Any] = await gw.broadcasts.audience(slug, channel, segment)
         return found
 
-    counted = await request.app[COUNTS].get(("audience", slug, channel), count)
+    counted = await request.app[COUNTS].get(("audience", slug, channel, segment), count)
     return {**counted.value, "counted_at": _when(counted.at) if counted.reused else None}
+
+
+async def _tag_choices(request: web.Request, me: ConsoleUser,
+                       draft: dict[str, Any]) -> list[dict[str, Any]]:
+    """The campaign's tags for the compose form: ``[{tag, counts: {channel: n}}]`` (how
+    many on each channel a broadcast could reach now), with any tag the draft names that
+    nobody holds yet. Like the audience, a slow count is reused for a while."""
+    slug = me.campaign.slug
+
+    async def count() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = await _gw(request).tags.counts(slug)
+        return found
+
+    rows = (await request.app[COUNTS].get(("tags", slug), count)).value
+    found: dict[str, dict[str, int]] = {}
+    for row in rows:
+        found.setdefault(row["tag"], {})[row["channel"]] = row["subscribed"]
+    segment: Segment = draft["segment"]
+    for tag in (*segment.tags_any, *segment.tags_all, *segment.exclude_tags):
+        found.setdefault(tag, {})
+    return [{"tag": tag, "counts": found[tag]} for tag in sorted(found)]
+
+
+def _zone(request: web.Request) -> str:
+    zone: str = _gw(request).settings.policy.timezone
+    return zone
 
 
 async def broadcasts_page(request: web.Request) -> web.Response:
     me = user(request)
     gw = _gw(request)
-    draft = _draft(request.query, me)
+    zone = _zone(request)
+    draft = _draft(request.query, me, zone)
     before = _cursor(request.query.get("before"))
     ids = await gw.broadcasts.recent_ids(me.campaign.slug, before=before,
                                          limit=PAGE_SIZE + 1)
     more = len(ids) > PAGE_SIZE
     views = [await gw.broadcasts.view(me.campaign.slug, i) for i in ids[:PAGE_SIZE]]
     audience = await _audience(request, me, draft)
+    tags = await _tag_choices(request, me, draft) if me.can_change else []
     return page(request, "broadcasts.html", draft=draft, audience=audience,
                 campaign=me.campaign, channels=me.campaign.channels(), broadcasts=views,
-                next_before=ids[PAGE_SIZE - 1] if more else None, error=None)
+                next_before=ids[PAGE_SIZE - 1] if more else None, error=None, tags=tags,
+                zone=zone, local=lambda ts: _local(ts, zone))
 
 
 async def broadcast_preview(request: web.Request) -> web.Response:
     """The live part of the compose form: the message as sent and who it reaches. An htmx
     request gets the fragment; a plain form's "Preview" button gets the whole page."""
     me = user(request)
-    draft = _draft(request.query, me)
+    draft = _draft(request.query, me, _zone(request))
     audience = await _audience(request, me, draft)
     if request.headers.get("HX-Request") != "true":
         return await broadcasts_page(request)
@@ -336,12 +448,15 @@ def _check_text(draft: dict[str, Any]) -> None:
 
 
 async def broadcast_confirm(request: web.Request) -> web.Response:
-    """The step before anything is queued: the exact number of people it will reach."""
+    """The step before anything is queued: the exact number of people it will reach (in
+    the chosen segment, counted afresh) and when it goes."""
     me = _changer(request)
-    draft = _draft(await _form(request), me)
+    zone = _zone(request)
+    draft = _draft(await request.post(), me, zone)
     _check_text(draft)
     if draft["channel"] not in me.campaign.channels():
         raise Forbidden("channel_disabled", f"this campaign has no {draft['channel']} channel")
+    _schedule(draft, zone)
     audience = await _audience(request, me, draft, fresh=True)
     return page(request, "confirm.html", draft=draft, audience=audience,
                 campaign=me.campaign, changed=False)
@@ -350,9 +465,11 @@ async def broadcast_confirm(request: web.Request) -> web.Response:
 async def broadcast_send(request: web.Request) -> web.StreamResponse:
     me = _changer(request)
     gw = _gw(request)
-    form = await _form(request)
-    draft = _draft(form, me)
+    zone = _zone(request)
+    form = await request.post()
+    draft = _draft(form, me, zone)
     _check_text(draft)
+    send_at = _schedule(draft, zone)
     expected = form.get("expected", "")
     audience = await _audience(request, me, draft, fresh=True)
     if audience is None:
@@ -364,8 +481,12 @@ async def broadcast_send(request: web.Request) -> web.StreamResponse:
     result = await gw.broadcasts.create(
         me.campaign.slug, gw.rules[me.campaign.slug].channels_enabled, me.name,
         draft["channel"], draft["text"],
-        (draft["subject"] or None) if draft["channel"] == "email" else None, False)
-    gw.dispatcher.wake(me.campaign.slug, draft["channel"])
+        (draft["subject"] or None) if draft["channel"] == "email" else None, False,
+        segment=draft["segment"], send_at=send_at)
+    if result["status"] == "scheduled":
+        gw.scheduler.wake()
+    else:
+        gw.dispatcher.wake(me.campaign.slug, draft["channel"])
     return see_other(f"/console/broadcasts/{result['id']}")
 
 
@@ -383,7 +504,10 @@ async def broadcast_page(request: web.Request) -> web.Response:
     text, subject = await gw.broadcasts.content(me.campaign.slug, view["id"])
     template = "_progress.html" if request.headers.get("HX-Request") == "true" \
         else "broadcast.html"
-    return page(request, template, b=view, text=text, subject=subject)
+    zone = _zone(request)
+    return page(request, template, b=view, text=text, subject=subject,
+                segment_words=segment_words(segment_of(**view["segment"])),
+                local=lambda ts: _local(ts, zone))
 
 
 async def broadcast_cancel(request: web.Request) -> web.StreamResponse:
