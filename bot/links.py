@@ -177,6 +177,10 @@ def _row_to_link(row: Any) -> Link:
                 row.created_at, tuple(json.loads(row.tags)) if row.tags else ())
 
 
+#: The furthest ahead a link may be set to expire (a century).
+MAX_EXPIRY_SECONDS = 100 * 366 * 86400
+
+
 def parse_expiry(value: object, now: float | None = None) -> float | None:
     """``expires_at`` as given to the API or CLI: an ISO 8601 date-time (naive means UTC) or
     UNIX seconds, in the future. Raises ``invalid_expires_at``."""
@@ -203,6 +207,10 @@ def parse_expiry(value: object, now: float | None = None) -> float | None:
         raise InvalidInput("invalid_expires_at", "expires_at must be an ISO 8601 date-time")
     if at <= now:
         raise InvalidInput("invalid_expires_at", "expires_at must be in the future")
+    if at > now + MAX_EXPIRY_SECONDS:
+        # A time no calendar can show (1e279 seconds) would be stored and then break every
+        # listing of the campaign's links.
+        raise InvalidInput("invalid_expires_at", "expires_at must be within a hundred years")
     return at
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -248,12 +248,22 @@ domain = "{inbound_domain}"
 async def running_gateway(db_url: str, *, rate: float = 200.0, twilio_latency: float = 0.0,
                           dispatch: bool = True, telegram: FakeTelegram | None = None,
                           pause_after_attempts: int = PAUSE_AFTER_ATTEMPTS,
+                          password_hashes: Mapping[str, str] | None = None,
                           **kwargs: Any) -> AsyncIterator[Harness]:
+    """The whole gateway on loopback (see :class:`Harness`). ``password_hashes``: an
+    argon2id ``password_hash`` per operator name, so those operators can sign in to the
+    console."""
     async with FakeTwilio(account_sid=JANE_SID, auth_token=JANE_AUTH,
                           credentials={BOB_SID: BOB_AUTH}) as twilio:
         twilio.latency = twilio_latency
         settings = settings_for(db_url, twilio.base_url, rate=rate, telegram=telegram,
                                 **kwargs)
+        if password_hashes:
+            settings = settings.model_copy(update={"campaigns": tuple(
+                c.model_copy(update={"operators": tuple(
+                    op.model_copy(update={"password_hash": password_hashes.get(op.name)})
+                    for op in c.operators)})
+                for c in settings.campaigns)})
         gateway = Gateway(settings, lease_seconds=30.0,
                           pause_after_attempts=pause_after_attempts)
         await gateway.start()

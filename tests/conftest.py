@@ -60,6 +60,15 @@ def pg_url() -> Iterator[str]:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
+    """Each database the gateway runs on: a test taking this runs once on a SQLite file and
+    once on a fresh PostgreSQL database (skipped where no server answers)."""
+    if request.param == "sqlite":
+        return sqlite_url
+    return str(request.getfixturevalue("pg_url"))
+
+
 @pytest.fixture
 async def gw(sqlite_url: str) -> AsyncIterator[Harness]:
     async with running_gateway(sqlite_url) as h:

@@ -35,13 +35,11 @@ def _config(tmp_path: Path, twilio_url: str = "http://127.0.0.1:9",
                         port=port or free_port(), rate=rate)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+@pytest.fixture
+def storage_url(db_url: str) -> str:
     """Each database the gateway runs on: how a dispatcher is seen differs (SQLite's
     single-process lock, PostgreSQL's leases)."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'cg.db'}"
-    return str(request.getfixturevalue("pg_url"))
+    return db_url
 
 
 def _consents(tmp_path: Path, addresses: list[str]) -> Path:

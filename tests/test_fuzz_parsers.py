@@ -300,11 +300,9 @@ def _hostile_requests(routes: list[tuple[str, str]],
     return out
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def fuzz_backend(request: pytest.FixtureRequest, sqlite_url: str) -> tuple[str, str]:
-    if request.param == "sqlite":
-        return "sqlite", sqlite_url
-    return "postgresql", str(request.getfixturevalue("pg_url"))
+@pytest.fixture
+def fuzz_backend(db_url: str) -> tuple[str, str]:
+    return ("sqlite" if db_url.startswith("sqlite") else "postgresql"), db_url
 
 
 async def _row_counts(gw: Harness) -> dict[str, int]:

@@ -40,13 +40,6 @@ EMAIL = "jane.supporter@example.org"
 TEXT = "Polls open at 7am, St Mary's hall, bring your polling card"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
-    if request.param == "sqlite":
-        return sqlite_url
-    return str(request.getfixturevalue("pg_url"))
-
-
 async def _wait_sent(gw: Harness, message_id: int) -> None:
     import asyncio
     import time

@@ -29,12 +29,6 @@ STEPS = 25  # stateful sequences run, each of a few linked calls
 AUTH = {"Authorization": f"Bearer {JANE_TOKEN}"}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend_url(request: pytest.FixtureRequest) -> str:
-    """Each API test here runs on both backends (PostgreSQL skipped where none answers)."""
-    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
-
-
 def _problems(case: Any, response: Any) -> str | None:
     """What is wrong with an answer: a 5xx, or a documented answer off its schema."""
     from schemathesis.specs.openapi.checks import response_schema_conformance
@@ -89,8 +83,8 @@ def _run(base_url: str) -> list[tuple[str, str, int]]:
 
 
 async def test_no_generated_request_gets_a_5xx_or_an_answer_off_its_schema(
-        backend_url: str) -> None:
-    async with running_gateway(backend_url) as gw:
+        db_url: str) -> None:
+    async with running_gateway(db_url) as gw:
         await gw.subscribe("+447911123456")
         # schemathesis calls synchronously: it runs in a thread while this loop serves it.
         seen = await asyncio.to_thread(_run, gw.url)
@@ -125,8 +119,8 @@ def _run_stateful(base_url: str) -> list[tuple[str, str, int]]:
 
 
 async def test_stateful_sequences_get_no_5xx_and_no_answer_off_its_schema(
-        backend_url: str) -> None:
-    async with running_gateway(backend_url) as gw:
+        db_url: str) -> None:
+    async with running_gateway(db_url) as gw:
         await gw.subscribe("+447911123456")
         seen = await asyncio.to_thread(_run_stateful, gw.url)
     assert len({(m, p) for m, p, _ in seen}) >= 5, sorted(set(seen))

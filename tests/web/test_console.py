@@ -17,24 +17,16 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from argon2 import PasswordHasher
 from sqlalchemy import select, update
 from structlog.testing import capture_logs
 
-from consentgate.bot.gateway import Gateway
-from consentgate.bot.web.app import create_app
 from consentgate.bot.web.console.preview import sms_preview, sms_segments
 from consentgate.storage.models import audit_events, console_sessions, links
-from consentgate.testing.fakes.twilio_api import FakeTwilio
 from consentgate.testing.harness import (
-    BOB_AUTH,
-    BOB_SID,
     JANE,
-    JANE_AUTH,
-    JANE_SID,
     Harness,
-    settings_for,
+    running_gateway,
 )
 
 PASSWORDS = {"Jane Doe": "correct horse battery staple",
@@ -44,38 +36,11 @@ _hasher = PasswordHasher()
 HASHES = {name: _hasher.hash(pw) for name, pw in PASSWORDS.items()}
 
 
-@contextlib.asynccontextmanager
-async def console_gateway(db_url: str, **kwargs: Any) -> AsyncIterator[Harness]:
+def console_gateway(db_url: str, **kwargs: Any) -> contextlib.AbstractAsyncContextManager[
+        Harness]:
     """The test gateway (as ``running_gateway``) with a console password for every
     operator."""
-    async with FakeTwilio(account_sid=JANE_SID, auth_token=JANE_AUTH,
-                          credentials={BOB_SID: BOB_AUTH}) as twilio:
-        settings = settings_for(db_url, twilio.base_url, **kwargs)
-        settings = settings.model_copy(update={"campaigns": tuple(
-            c.model_copy(update={"operators": tuple(
-                op.model_copy(update={"password_hash": HASHES[op.name]}) for op in c.operators)})
-            for c in settings.campaigns)})
-        gateway = Gateway(settings, lease_seconds=30.0)
-        await gateway.start()
-        runner = web.AppRunner(create_app(gateway), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        session = aiohttp.ClientSession()
-        h = Harness(gateway, f"http://127.0.0.1:{port}", twilio, session)
-        import asyncio
-
-        h.runs.append(asyncio.create_task(gateway.dispatcher.run()))
-        try:
-            yield h
-        finally:
-            gateway.dispatcher.stop()
-            for t in h.runs:
-                await t
-            await session.close()
-            await runner.cleanup()
-            await gateway.close()
+    return running_gateway(db_url, password_hashes=HASHES, **kwargs)
 
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')

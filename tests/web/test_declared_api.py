@@ -30,14 +30,6 @@ ROOT = Path(__file__).resolve().parents[2]
 NUMBER = "+447911123456"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
-    """SQLite, and PostgreSQL where a server answers (skipped where none does)."""
-    if request.param == "sqlite":
-        return sqlite_url
-    return str(request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture
 async def any_db(db_url: str) -> AsyncIterator[Harness]:
     """A running gateway on each database."""

@@ -34,14 +34,6 @@ from tests.dbutil import counts
 PERSON = "+447911123456"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
-    """Each test here runs on both backends (PostgreSQL skipped where none answers)."""
-    if request.param == "sqlite":
-        return sqlite_url
-    return str(request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture
 async def fake_telegram() -> AsyncIterator[FakeTelegram]:
     async with FakeTelegram() as running:

@@ -106,6 +106,8 @@ async def test_revoking_a_link_stops_it_once(gw: Harness) -> None:
     ({"channel": "sms", "name": "x", "expires_at": "2001-01-01T00:00:00Z"},
      "invalid_expires_at"),
     ({"channel": "sms", "name": "x", "expires_at": "next tuesday"}, "invalid_expires_at"),
+    ({"channel": "sms", "name": "x", "expires_at": 2.0e279}, "invalid_expires_at"),
+    ({"channel": "sms", "name": "x", "expires_at": "9999-12-31T23:59:59Z"}, "invalid_expires_at"),
     ({"channel": "sms", "name": "x", "member_limit": 0}, "invalid_member_limit"),
     ({"channel": "sms", "name": "x", "member_limit": "ten"}, "invalid_member_limit"),
 ])
