@@ -47,6 +47,8 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from consentgate.adapters.base import CHANNELS
+
 __all__ = [
     "CampaignSettings",
     "ConfigError",
@@ -860,11 +862,11 @@ class CampaignSettings(_Table):
     )
 
     def channels(self) -> tuple[str, ...]:
-        return tuple(c for c in ("sms", "email", "telegram") if getattr(self, c) is not None)
+        return tuple(c for c in CHANNELS if getattr(self, c) is not None)
 
     def consent_text_for(self, channel: str) -> str:
         """The consent text shown for ``channel``: the channel's own, else the campaign's."""
-        section = getattr(self, channel, None) if channel in ("sms", "email", "telegram") else None
+        section = getattr(self, channel, None) if channel in CHANNELS else None
         own: str | None = getattr(section, "consent_text", None)
         return own if own is not None else self.consent_text
 

@@ -12,7 +12,7 @@ from typing import IO
 
 from sqlalchemy import select
 
-from consentgate.adapters.base import ChannelAdapter
+from consentgate.adapters.base import CHANNELS, ChannelAdapter
 from consentgate.adapters.log import LogChannel
 from consentgate.bot.audit import AuditLog
 from consentgate.bot.broadcasts import PAUSE_AFTER_ATTEMPTS, BroadcastScheduler, BroadcastService
@@ -188,8 +188,7 @@ class Gateway:
                                           {k: v for k, v in values.items() if k != "slug"}))
                 # Every wording a person may be shown (a channel's own consent_text too), so
                 # each version in the evidence can be read back.
-                for text in dict.fromkeys(c.consent_text_for(ch) for ch in
-                                          ("sms", "email", "telegram")):
+                for text in dict.fromkeys(c.consent_text_for(ch) for ch in CHANNELS):
                     await conn.execute(insert_ignore(
                         conn, consent_texts, ("campaign", "version"),
                         dict(campaign=c.slug, version=consent_text_version(text), text=text,

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
+from consentgate.adapters.base import Channel
 from consentgate.bot.links import MAX_NAME
 from consentgate.bot.messages import MAX_TEXT
 from consentgate.bot.subscribers import MAX_REASON
@@ -60,7 +61,6 @@ __all__ = [
     "code_of",
 ]
 
-Channel = Literal["sms", "email", "telegram"]
 
 MAX_ADDRESS = 320
 MAX_EVIDENCE = 1000

@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
+from consentgate.adapters.base import CHANNELS
 from consentgate.bot.web.models import Problem
 from consentgate.bot.web.routes import API_ROUTES, Empty, Route
 
@@ -27,7 +28,7 @@ _PROBLEM = {"$ref": "#/components/responses/Problem"}
 _PATH_PARAMS: dict[str, dict[str, Any]] = {
     "id": {"type": "string", "pattern": "^[0-9]+$",
            "description": "a numeric id (ASCII digits); a link id is letters and digits"},
-    "channel": {"type": "string", "enum": ["sms", "email", "telegram"]},
+    "channel": {"type": "string", "enum": list(CHANNELS)},
     "address": {"type": "string", "minLength": 1, "maxLength": 320,
                 "description": "E.164 number, email address or Telegram user id"},
 }
