@@ -321,20 +321,29 @@ class JoinService:
         TokenError (404) as :meth:`confirm` would raise it."""
         subject, settings, *_ = self._read_confirm_token(token)
         async with self.db.read() as conn:
-            row = (await conn.execute(
-                select(subscriptions.c.address).where(
-                    subscriptions.c.campaign == subject.campaign,
-                    subscriptions.c.channel == subject.channel,
-                    subscriptions.c.address_hash == subject.address_hash))).first()
-            if row is None or row.address is None:
-                raise TokenError("no such request")
-            address = str(row.address)
-            state = await self.ledger.state(conn, subject.campaign, subject.channel, address)
+            address, already = await self._request_standing(conn, subject)
+        return ConfirmResult("already" if already else "ask", settings, mask(address),
+                             subject.channel)
+
+    async def _request_standing(self, conn: AsyncConnection,
+                                subject: TokenSubject) -> tuple[str, bool]:
+        """The address a confirmation token stands for, and whether it is subscribed
+        already. TokenError (404) when no request stands any more (the address opted out,
+        was erased or never asked)."""
+        row = (await conn.execute(
+            select(subscriptions.c.address).where(
+                subscriptions.c.campaign == subject.campaign,
+                subscriptions.c.channel == subject.channel,
+                subscriptions.c.address_hash == subject.address_hash))).first()
+        if row is None or row.address is None:
+            raise TokenError("no such request")
+        address = str(row.address)
+        state = await self.ledger.state(conn, subject.campaign, subject.channel, address)
         if state.status is Status.SUBSCRIBED and not state.suppressed:
-            return ConfirmResult("already", settings, mask(address), subject.channel)
+            return address, True
         if state.status is not Status.PENDING:
             raise TokenError("the request no longer stands")
-        return ConfirmResult("ask", settings, mask(address), subject.channel)
+        return address, False
 
     async def confirm(self, token: str, *, ip: str, user_agent: str) -> ConfirmResult:
         """Complete an email double opt-in (the person pressed the button). TokenError
@@ -342,19 +351,9 @@ class JoinService:
         stands (the address opted out or was erased since)."""
         subject, settings, link_id, issued_at, version = self._read_confirm_token(token)
         async with self.db.write() as conn:
-            row = (await conn.execute(
-                select(subscriptions.c.address).where(
-                    subscriptions.c.campaign == subject.campaign,
-                    subscriptions.c.channel == subject.channel,
-                    subscriptions.c.address_hash == subject.address_hash))).first()
-            if row is None or row.address is None:
-                raise TokenError("no such request")
-            address = str(row.address)
-            state = await self.ledger.state(conn, subject.campaign, subject.channel, address)
-            if state.status is Status.SUBSCRIBED and not state.suppressed:
+            address, already = await self._request_standing(conn, subject)
+            if already:
                 return ConfirmResult("already", settings, mask(address), subject.channel)
-            if state.status is not Status.PENDING:
-                raise TokenError("the request no longer stands")
             link = await self.links.find(conn, subject.campaign, link_id)
             now = time.time()
             # The words the person read on the page, as the token carries them.
