@@ -386,10 +386,22 @@ def _begin_via_adapter(conn: Connection, sql: str) -> None:
     # close), and the event loop waits for every one while a broadcast keeps it busy.
     dbapi = conn.connection.dbapi_connection
     assert dbapi is not None
-    dbapi.run_async(lambda driver: driver.execute(sql))
+
+    async def begin(driver: Any) -> Any:
+        if driver.in_transaction:
+            # Given back mid-transaction by a task cancelled where the pool could not
+            # reset it (not asyncio-safe there): that work was abandoned, so roll it back
+            # rather than fail every later BEGIN on this connection.
+            await driver.rollback()
+        return await driver.execute(sql)
+
+    dbapi.run_async(begin)
 
 
 def _begin_via_connection(conn: Connection, sql: str) -> None:
+    dbapi = conn.connection.dbapi_connection
+    if dbapi is not None and getattr(dbapi, "in_transaction", False):
+        dbapi.rollback()  # as in _begin_via_adapter
     conn.exec_driver_sql(sql)
 
 
