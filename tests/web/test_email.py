@@ -592,14 +592,21 @@ async def test_a_bounce_with_a_made_up_token_changes_nothing(
     assert (await subscriber(mail, VOTER))["status"] == "subscribed"
 
 
-async def test_a_reply_whose_first_line_asks_to_stop_opts_out(
-    mail: Harness, sink: SmtpSink
-) -> None:
+async def _subscribed_and_mailed(mail: Harness, sink: SmtpSink) -> str:
+    """Subscribe the voter by email, send them one campaign email, and give back the
+    campaign's reply address it carries (where their replies go)."""
     await mail.subscribe(VOTER, channel="email")
     await send_email(mail, VOTER)
     [received] = await sink.wait_for(1)
     [reply_to] = [a for a in re.findall(r"[\w.+-]+@[\w.-]+", str(received.message["Reply-To"]))
                   if a.endswith(DOMAIN)]
+    return str(reply_to)
+
+
+async def test_a_reply_whose_first_line_asks_to_stop_opts_out(
+    mail: Harness, sink: SmtpSink
+) -> None:
+    reply_to = await _subscribed_and_mailed(mail, sink)
 
     await deliver(mail, person_mail(reply_to, "Please remove me from your list.\n\n"
                                               "On Mon, Jane Doe wrote:\n> Polling day"),
@@ -616,11 +623,7 @@ async def test_a_reply_whose_first_line_asks_to_stop_opts_out(
 async def test_a_reply_that_only_mentions_stop_is_flagged_not_applied(
     mail: Harness, sink: SmtpSink
 ) -> None:
-    await mail.subscribe(VOTER, channel="email")
-    await send_email(mail, VOTER)
-    [received] = await sink.wait_for(1)
-    [reply_to] = [a for a in re.findall(r"[\w.+-]+@[\w.-]+", str(received.message["Reply-To"]))
-                  if a.endswith(DOMAIN)]
+    reply_to = await _subscribed_and_mailed(mail, sink)
 
     await deliver(mail, person_mail(reply_to, "We have got to STOP this terrible bill!"),
                   sender=VOTER, to=reply_to)
@@ -720,11 +723,7 @@ secret_key = "0123456789abcdef0123456789abcdef"
 async def test_an_email_reply_is_read_by_the_same_classifier_as_sms(
     mail: Harness, sink: SmtpSink
 ) -> None:
-    await mail.subscribe(VOTER, channel="email")
-    await send_email(mail, VOTER)
-    [received] = await sink.wait_for(1)
-    [reply_to] = [a for a in re.findall(r"[\w.+-]+@[\w.-]+", str(received.message["Reply-To"]))
-                  if a.endswith(DOMAIN)]
+    reply_to = await _subscribed_and_mailed(mail, sink)
 
     await deliver(mail, person_mail(reply_to, "I no longer wish to receive these emails"),
                   sender=VOTER, to=reply_to)
