@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -21,7 +22,7 @@ from aiohttp import web
 from consentgate.adapters.base import CHANNELS
 from consentgate.bot.broadcasts import parse_send_at
 from consentgate.bot.errors import Forbidden, InvalidInput, NotFound
-from consentgate.bot.imports import import_consents, import_opt_outs
+from consentgate.bot.imports import ImportReport, import_consents, import_opt_outs
 from consentgate.bot.links import qr_png, qr_svg
 from consentgate.bot.messages import iso
 from consentgate.bot.report import compliance_report
@@ -669,22 +670,22 @@ async def _upload(request: web.Request) -> bytes:
     return data
 
 
-async def import_suppressions(request: web.Request) -> web.Response:
+async def _import(request: web.Request, run: Callable[..., Awaitable[ImportReport]],
+                  kind: str) -> web.Response:
+    """An uploaded CSV through one of the imports, answered with its per-line results."""
     me = _changer(request)
     gw = _gw(request)
-    report = await import_opt_outs(gw.db, gw.ledger, me.campaign, me.name,
-                                   await _upload(request))
+    report = await run(gw.db, gw.ledger, me.campaign, me.name, await _upload(request))
     return page(request, "opt_outs.html", channels=me.campaign.channels(),
-                report=report.as_dict(), kind="opt-outs", done=None)
+                report=report.as_dict(), kind=kind, done=None)
+
+
+async def import_suppressions(request: web.Request) -> web.Response:
+    return await _import(request, import_opt_outs, "opt-outs")
 
 
 async def import_consent_csv(request: web.Request) -> web.Response:
-    me = _changer(request)
-    gw = _gw(request)
-    report = await import_consents(gw.db, gw.ledger, me.campaign, me.name,
-                                   await _upload(request))
-    return page(request, "opt_outs.html", channels=me.campaign.channels(),
-                report=report.as_dict(), kind="consents", done=None)
+    return await _import(request, import_consents, "consents")
 
 
 async def export_suppressions(request: web.Request) -> web.Response:
