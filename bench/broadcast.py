@@ -20,7 +20,7 @@ import asyncio
 import time
 from typing import Any
 
-from sqlalchemy import String, cast, literal, select
+from sqlalchemy import BigInteger, String, cast, literal, select, update
 
 from bench._common import (
     add_backend_option,
@@ -36,7 +36,7 @@ from bench._common import (
 from consentgate.bot.runtime import tune_garbage_collector
 from consentgate.bot.tags import Segment
 from consentgate.storage.db import Database
-from consentgate.storage.models import subscription_tags, subscriptions
+from consentgate.storage.models import campaign_tags, subscription_tags, subscriptions
 from consentgate.testing.harness import JANE, running_gateway
 
 TEXT = "Polling day is Thursday 7 May. Find your polling station at https://example.org/where"
@@ -60,7 +60,20 @@ async def seed_tags(db: Database, n: int, tags: int, chunk: int = 100_000) -> No
             async with db.write(bulk=True) as conn:
                 await conn.execute(subscription_tags.insert().from_select(
                     ["subscription_id", "tag", "campaign", "channel", "created_at"], chosen))
+    # Their bits, as bot.tags gives them on first use: ward-0X bit X, group-0X bit half + X.
+    async with db.write(bulk=True) as conn:
+        campaign = (await conn.execute(select(s.c.campaign).limit(1))).scalar_one()
+        await conn.execute(campaign_tags.insert(), [
+            dict(campaign=campaign, tag=f"{prefix}{x}", bit=offset + x, created_at=now)
+            for offset, prefix in ((0, "ward-0"), (half, "group-0")) for x in range(half)])
+    one = literal(1, BigInteger)
+    bits = (one.op("<<")(s.c.id % half)).bitwise_or(one.op("<<")(half + (s.c.id // half) % half))
+    for lo in range(0, n, chunk):
+        async with db.write(bulk=True) as conn:
+            await conn.execute(update(s).where(s.c.id > lo, s.c.id <= lo + chunk)
+                               .values(tag_bits=bits))
     await db.refresh_statistics("subscription_tags")
+    await db.refresh_statistics("subscriptions")
 
 
 async def _segmented(gw: Any, n: int, tags: int) -> list[tuple[str, Any, str]]:

@@ -2,11 +2,18 @@
 cancel, and broadcasts scheduled for later.
 
 The audience is a channel's subscribers, or a segment of them by tags (:mod:`bot.tags`). It
-is resolved by set-based SQL (one statement counts it by reason; one INSERT ... SELECT per
+is resolved by set-based SQL (two statements count it by reason; one INSERT ... SELECT per
 batch queues it), never by a Python loop over people, and the count and the enqueue share
 one condition, so a dry run counts exactly whom the same request would reach. Each batch is
 its own short transaction so a STOP never waits long behind a broadcast, and the broadcast
 row keeps a cursor, so a crash during queueing resumes where it stopped.
+
+A broadcast does not write its whole audience to the outbox before it starts: ``create``
+queues the first :attr:`BroadcastService.ahead` messages and returns, and the process that
+sends (its :class:`BroadcastScheduler`) queues the next batches while fewer than that are
+waiting. Starting a broadcast to a million people therefore takes the time of counting them,
+the outbox holds what is about to go rather than the whole list, and each batch meets the
+gate's rules as they are when it is queued (and the gate decides again at sending).
 
 A broadcast with ``send_at`` waits in the database (status ``scheduled``) until then:
 :class:`BroadcastScheduler` starts it when it is due, in whichever process runs a dispatcher,
@@ -26,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import String, and_, case, func, literal, select, update
+from sqlalchemy import String, and_, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consentgate.bot import audit, outbox
@@ -34,9 +41,9 @@ from consentgate.bot.errors import Conflict, Forbidden, InvalidInput, NotFound
 from consentgate.bot.ledger import suppressed_clause
 from consentgate.bot.messages import check_text, iso
 from consentgate.bot.outbox import MessageStatus
-from consentgate.bot.tags import Segment, segment_exists, segment_filter
+from consentgate.bot.tags import Segment, segment_conditions, segment_filter
 from consentgate.storage.db import Database
-from consentgate.storage.models import broadcasts, messages, subscriptions
+from consentgate.storage.models import broadcasts, messages, subscriptions, suppressions
 
 __all__ = [
     "BroadcastScheduler",
@@ -51,6 +58,12 @@ EVERYONE = Segment()
 
 MESSAGE_STATUSES = tuple(MessageStatus)
 BATCH = 5000
+#: How many of a broadcast's messages are kept queued ahead of sending: a few seconds of
+#: sending at full speed, so the dispatcher never waits for the next batch.
+AHEAD = 4 * BATCH
+#: How often the scheduler looks whether a broadcast still being queued needs its next
+#: batches (it is also woken when a broadcast is created here).
+FEED_INTERVAL = 0.25
 
 #: A broadcast pauses itself when more than PAUSE_FAILURE_RATE of its messages that reached
 #: the provider have failed (hard bounces above all), counted once PAUSE_AFTER_ATTEMPTS did.
@@ -147,15 +160,15 @@ async def pause_if_failing(conn: AsyncConnection, broadcast_id: int,
     return True
 
 
-def _exclusion_reason() -> Any:
-    s = subscriptions
-    return case(
-        (suppressed_clause(s.c.channel, s.c.address_hash, s.c.consented_at), "suppressed"),
-        (s.c.status == "suppressed", "suppressed"),
-        (s.c.status == "opted_out", "opted_out"),
-        (and_(s.c.status == "subscribed", s.c.restricted.is_(False)), "eligible"),
-        else_="no_consent",
-    )
+def _reason(status: str, restricted: bool, suppressed: bool) -> str:
+    """Why a subscription is or is not in a broadcast's audience: ``eligible`` exactly when
+    :func:`_eligible` holds; a suppression outranking it says ``suppressed`` whatever its
+    status."""
+    if suppressed or status == "suppressed":
+        return "suppressed"
+    if status == "opted_out":
+        return "opted_out"
+    return "eligible" if status == "subscribed" and not restricted else "no_consent"
 
 
 def _eligible(campaign: str, channel: str) -> Any:
@@ -198,6 +211,12 @@ def _summary(b: Any, found: dict[str, int], judged: dict[str, int],
     """A broadcast as the API shows it: its row, and its messages counted by status
     (``judged``: those the failure rule looks at)."""
     counts = {k: found.get(k, 0) for k in MESSAGE_STATUSES}
+    # Not queued yet (queueing goes on while it sends): counted from the audience it started
+    # with, as queued, or as cancelled once it is.
+    unqueued = (max(0, int(b.audience) - int(b.eligible))
+                if b.audience is not None and b.cursor < b.upper else 0)
+    counts[MessageStatus.CANCELLED if b.status == "cancelled"
+           else MessageStatus.QUEUED] += unqueued
     paused: dict[str, Any] = {}
     if b.status in ("cancelled", "scheduled"):
         status = b.status
@@ -219,7 +238,7 @@ def _summary(b: Any, found: dict[str, int], judged: dict[str, int],
     late = (b.send_at is not None and b.started_at is not None
             and b.started_at - b.send_at > LATE_AFTER)
     return {"id": b.id, "channel": b.channel, "status": status, "counts": counts,
-            "eligible": b.eligible, "excluded": json.loads(b.excluded),
+            "eligible": int(b.eligible) + unqueued, "excluded": json.loads(b.excluded),
             "segment": _segment(b).as_dict(),
             "send_at": iso(b.send_at), "started_at": iso(b.started_at),
             "late": late,
@@ -230,30 +249,50 @@ def _summary(b: Any, found: dict[str, int], judged: dict[str, int],
 
 class BroadcastService:
     def __init__(self, db: Database, batch: int = BATCH, *,
-                 pause_after_attempts: int = PAUSE_AFTER_ATTEMPTS) -> None:
+                 pause_after_attempts: int = PAUSE_AFTER_ATTEMPTS,
+                 ahead: int | None = None) -> None:
         self.db = db
         self.pause_after_attempts = pause_after_attempts
         #: About how many subscriptions one enqueue transaction reads.
         self.batch = batch
+        #: How many messages of a broadcast being queued are kept waiting to be sent.
+        self.ahead = 4 * batch if ahead is None else ahead
 
     async def audience(self, campaign: str, channel: str,
                        segment: Segment = EVERYONE) -> dict[str, Any]:
         """``{eligible, excluded: {reason: count}}`` of the channel's subscribers in
-        ``segment``: whom a broadcast would queue now, and why the others would not get it."""
-        reason = _exclusion_reason().label("reason")
-        s = subscriptions
-        source, conds = _audience(segment, campaign, channel)
+        ``segment``: whom a broadcast would queue now, and why the others would not get it.
+
+        Two counts, both by status: everyone in the segment, read from the audience index
+        alone (status and tag bits are in it), and those of them a suppression outranks,
+        found from the suppression list (short) rather than by probing it once per person."""
+        s, p = subscriptions, suppressions
+        counts: dict[str, int] = {}
         async with self.db.read() as conn:
+            conds = await segment_conditions(conn, segment, campaign)
             if conn.dialect.name == "postgresql":
                 # One pass over up to the whole list, run once: compiling it (JIT) cost
-                # PostgreSQL more than a second, and its GROUP BY sort spilled to disk.
+                # PostgreSQL more than a second.
                 await conn.exec_driver_sql("SET LOCAL jit = off")
-                await conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
-            rows = await conn.execute(
-                select(reason, func.count()).select_from(source)
+            everyone = await conn.execute(
+                select(s.c.status, s.c.restricted, func.count())
                 .where(s.c.campaign == campaign, s.c.channel == channel, *conds)
-                .group_by(reason))
-            counts = {r: int(n) for r, n in rows}
+                .group_by(s.c.status, s.c.restricted))
+            outranked = await conn.execute(
+                select(s.c.status, s.c.restricted, func.count())
+                .select_from(p.join(s, and_(s.c.channel == p.c.channel,
+                                            s.c.address_hash == p.c.address_hash)))
+                .where(p.c.channel == channel, s.c.campaign == campaign, *conds,
+                       or_(s.c.consented_at.is_(None), p.c.at >= s.c.consented_at))
+                .group_by(s.c.status, s.c.restricted))
+            found = {(str(st), bool(r)): int(n) for st, r, n in everyone}
+            for st, r, n in outranked:
+                found[(str(st), bool(r))] -= int(n)
+                counts["suppressed"] = counts.get("suppressed", 0) + int(n)
+        for (status, restricted), n in found.items():
+            if n:
+                reason = _reason(status, restricted, False)
+                counts[reason] = counts.get(reason, 0) + n
         eligible = counts.pop("eligible", 0)
         return {"eligible": eligible, "excluded": counts}
 
@@ -281,6 +320,7 @@ class BroadcastService:
                 campaign=campaign, channel=channel, text=text, subject=subject,
                 status="enqueuing" if due is None else "scheduled", cursor=0,
                 upper=upper if due is None else 0, eligible=0,
+                audience=audience["eligible"] if due is None else None,
                 excluded=json.dumps(audience["excluded"]), created_by=actor,
                 created_at=now, segment=stored_segment, send_at=due, hash_cursor=walk,
                 started_at=now if due is None else None).returning(broadcasts.c.id))
@@ -294,8 +334,9 @@ class BroadcastService:
             # Counted now only as an estimate: who is reached is decided when it starts.
             return {"id": broadcast_id, "status": "scheduled", "audience": audience,
                     "segment": segment.as_dict(), "send_at": iso(due)}
-        eligible = await self.enqueue(broadcast_id)
-        audience = {"eligible": eligible, "excluded": audience["excluded"]}
+        queued, done = await self.enqueue(broadcast_id, until=self.ahead)
+        if done:  # all queued already: the exact figure, after opt-outs meanwhile
+            audience = {"eligible": queued, "excluded": audience["excluded"]}
         return {"id": broadcast_id, "status": "queued", "audience": audience,
                 "segment": segment.as_dict(), "send_at": None}
 
@@ -340,7 +381,8 @@ class BroadcastService:
                 update(broadcasts).where(broadcasts.c.id == broadcast_id,
                                          broadcasts.c.status == "scheduled")
                 .values(status="enqueuing", upper=upper, cursor=0, started_at=now,
-                        hash_cursor=walk, excluded=json.dumps(audience["excluded"])))
+                        hash_cursor=walk, excluded=json.dumps(audience["excluded"]),
+                        audience=audience["eligible"]))
             if not result.rowcount:
                 return None
             late = max(0.0, now - float(b.send_at))
@@ -350,7 +392,7 @@ class BroadcastService:
                                 "audience": audience}, at=now)
         _log.info("broadcast.started", campaign=b.campaign, broadcast_id=broadcast_id,
                   late_seconds=round(late, 1), late=late > LATE_AFTER)
-        await self.enqueue(broadcast_id)
+        await self.enqueue(broadcast_id, until=self.ahead)
         return (b.campaign, b.channel, broadcast_id)
 
     async def _walk(self, campaign: str, channel: str, segment: Segment,
@@ -368,9 +410,12 @@ class BroadcastService:
                 s.c.campaign == campaign, s.c.channel == channel))).scalar_one()
         return "" if size * 4 >= total else None
 
-    async def enqueue(self, broadcast_id: int, batch: int | None = None) -> int:
+    async def enqueue(self, broadcast_id: int, batch: int | None = None, *,
+                      until: int | None = None) -> tuple[int, bool]:
         """Queue the eligible audience in ranges of about ``batch`` subscriptions, one
-        transaction each (resumable).
+        transaction each (resumable), until ``until`` messages were queued by this call
+        (None: all). Returns (messages of the broadcast queued so far, whether queueing is
+        done).
 
         The ranges are of keyed hashes, not of ids: ``ix_messages_recipient`` begins with
         the hash, so a batch taken in hash order adds its rows to one narrow part of that
@@ -379,40 +424,45 @@ class BroadcastService:
         highest subscription id when it started) keeps later sign-ups out. A narrow
         segment (see :meth:`_walk`) and a broadcast whose queueing began before hash
         ranges go in id ranges (``hash_cursor`` None), ``cursor`` the last id done."""
+        added = 0
         while True:
             async with self.db.write(bulk=True) as conn:
-                # Locked (PostgreSQL): two processes finishing the same broadcast at start-up
-                # take its ranges in turn, so nobody is queued twice.
+                # Locked (PostgreSQL): two processes queueing the same broadcast take its
+                # ranges in turn, so nobody is queued twice.
                 b = (await conn.execute(select(broadcasts).where(
                     broadcasts.c.id == broadcast_id).with_for_update())).one()
                 if b.status != "enqueuing":
-                    return int(b.eligible)
+                    return int(b.eligible), b.cursor >= b.upper
+                if until is not None and added >= until:
+                    return int(b.eligible), False
                 batch = batch or self.batch
                 lo = int(b.cursor)
                 if lo >= b.upper:
                     await conn.execute(update(broadcasts).where(broadcasts.c.id == broadcast_id)
                                        .values(status="queued"))
-                    return int(b.eligible)
+                    return int(b.eligible), True
                 if b.hash_cursor is None:  # a narrow segment, or begun before hash ranges
                     hi = min(int(b.upper), lo + batch)
                     n = await self._enqueue_range(conn, b, lo, hi)
                     await conn.execute(update(broadcasts).where(broadcasts.c.id == broadcast_id)
                                        .values(cursor=hi, eligible=broadcasts.c.eligible + n))
+                    added += n
                     continue
                 after = b.hash_cursor or ""
-                until, last = await _hash_boundary(conn, b.channel, after, batch)
-                n = await self._enqueue_hashes(conn, b, after, until) if until > after else 0
+                until_hash, last = await _hash_boundary(conn, b.channel, after, batch)
+                n = (await self._enqueue_hashes(conn, b, after, until_hash)
+                     if until_hash > after else 0)
+                added += n
                 # Done: the id cursor at ``upper`` says so (also to resume()).
                 done: dict[str, Any] = {"cursor": b.upper} if last else {}
                 await conn.execute(update(broadcasts).where(broadcasts.c.id == broadcast_id)
-                                   .values(hash_cursor=until, eligible=broadcasts.c.eligible + n,
-                                           **done))
+                                   .values(hash_cursor=until_hash,
+                                           eligible=broadcasts.c.eligible + n, **done))
 
     async def _enqueue_hashes(self, conn: AsyncConnection, b: Any, after: str,
                               until: str) -> int:
         """Queue the eligible audience with ``after < address_hash <= until``, read through
-        ``ix_subscriptions_hash``; the segment is checked per row on the tags' primary
-        key."""
+        ``ix_subscriptions_hash``; the segment is a test of each row's tag bits."""
         s = subscriptions
         now = time.time()
         in_range = [s.c.channel == b.channel, s.c.address_hash > after,
@@ -422,7 +472,7 @@ class BroadcastService:
             literal("campaign"), literal(MessageStatus.QUEUED, String), literal(b.id), literal(0),
             literal(b.created_by), literal(now), literal(now), literal(now),
         ).where(*in_range, _eligible(b.campaign, b.channel), s.c.id <= b.upper,
-                *segment_exists(_segment(b), s.c.id))
+                *await segment_conditions(conn, _segment(b), b.campaign))
         result = await conn.execute(messages.insert().from_select(
             ["campaign", "channel", "address", "address_hash", "kind", "status",
              "broadcast_id", "attempts", "created_by", "created_at", "updated_at",
@@ -446,13 +496,38 @@ class BroadcastService:
         return int(result.rowcount or 0)
 
     async def resume_unfinished(self) -> list[int]:
-        """Finish queueing broadcasts a crash interrupted (start-up)."""
-        async with self.db.read() as conn:
-            ids = [int(i) for i in (await conn.execute(
-                select(broadcasts.c.id).where(broadcasts.c.status == "enqueuing"))).scalars()]
+        """Go on queueing broadcasts a stop or crash interrupted (start-up): their next
+        batches, the scheduler the rest."""
+        ids = [broadcast_id for broadcast_id, _, _ in await self._unfinished()]
         for broadcast_id in ids:
-            await self.enqueue(broadcast_id)
+            await self.enqueue(broadcast_id, until=self.ahead)
         return ids
+
+    async def _unfinished(self) -> list[tuple[int, str, str]]:
+        async with self.db.read() as conn:
+            return [(int(i), str(campaign), str(channel)) for i, campaign, channel in
+                    await conn.execute(
+                        select(broadcasts.c.id, broadcasts.c.campaign, broadcasts.c.channel)
+                        .where(broadcasts.c.status == "enqueuing").order_by(broadcasts.c.id))]
+
+    async def feed(self) -> tuple[list[tuple[str, str]], bool]:
+        """Queue the next batches of each broadcast still being queued that has fewer than
+        half of :attr:`ahead` messages waiting. Returns the (campaign, channel) of those
+        given more, and whether any broadcast is still being queued."""
+        unfinished = False
+        fed: list[tuple[str, str]] = []
+        for broadcast_id, campaign, channel in await self._unfinished():
+            async with self.db.read() as conn:
+                waiting = (await conn.execute(select(func.count()).select_from(
+                    select(messages.c.id).where(messages.c.broadcast_id == broadcast_id,
+                                                messages.c.status == MessageStatus.QUEUED)
+                    .limit(self.ahead).subquery()))).scalar_one()
+            done = False
+            if waiting * 2 < self.ahead:
+                _, done = await self.enqueue(broadcast_id, until=self.ahead - waiting)
+                fed.append((campaign, channel))
+            unfinished = unfinished or not done
+        return fed, unfinished
 
     async def view(self, campaign: str, broadcast_id: int) -> dict[str, Any]:
         async with self.db.read() as conn:
@@ -554,30 +629,37 @@ class BroadcastService:
                                f"broadcast#{broadcast_id}",
                                {"released": int(released.rowcount or 0)}, at=now)
         if status == "enqueuing":
-            await self.enqueue(broadcast_id)
+            await self.enqueue(broadcast_id, until=self.ahead)
         return await self.view(campaign, broadcast_id)
 
     async def cancel(self, campaign: str, broadcast_id: int, actor: str) -> dict[str, Any]:
         """Cancel: no message of it is handed to a provider after this commits (a message
         already on the wire, at most one provider call each, completes)."""
         async with self.db.write() as conn:
-            b = (await conn.execute(select(broadcasts.c.id, broadcasts.c.status).where(
-                broadcasts.c.id == broadcast_id, broadcasts.c.campaign == campaign))).first()
+            b = (await conn.execute(select(
+                broadcasts.c.id, broadcasts.c.status, broadcasts.c.audience,
+                broadcasts.c.eligible, broadcasts.c.cursor, broadcasts.c.upper).where(
+                broadcasts.c.id == broadcast_id, broadcasts.c.campaign == campaign)
+                .with_for_update())).first()
             if b is None:
                 raise NotFound("broadcast_not_found", "no such broadcast in this campaign")
             await conn.execute(update(broadcasts).where(broadcasts.c.id == broadcast_id)
                                .values(status="cancelled"))
             cancelled = await outbox.cancel_queued(
                 conn, messages.c.broadcast_id == broadcast_id, "broadcast_cancelled")
+            if b.status != "cancelled" and b.audience is not None and b.cursor < b.upper:
+                cancelled += max(0, int(b.audience) - int(b.eligible))  # never queued now
             await audit.append(conn, campaign, actor, "broadcast.cancelled",
                                f"broadcast#{broadcast_id}", {"cancelled": cancelled})
         return {"id": broadcast_id, "status": "cancelled", "cancelled": cancelled}
 
 
 class BroadcastScheduler:
-    """Starts scheduled broadcasts when they are due. The schedule lives in the database
-    (``broadcasts.send_at``), so nothing is lost when a process stops: whichever process
-    runs a dispatcher next starts what is due, late if it was down at the time.
+    """Starts scheduled broadcasts when they are due, and queues the next batches of
+    broadcasts that are sending (:meth:`BroadcastService.feed`). The schedule and the
+    queueing's progress live in the database (``broadcasts.send_at``, the cursors), so
+    nothing is lost when a process stops: whichever process runs a dispatcher next starts
+    what is due, late if it was down at the time, and goes on queueing what was begun.
 
     ``clock`` is the time the schedule is read against (tests move it forward instead of
     waiting); ``poll_interval`` bounds how long a broadcast scheduled by another process
@@ -587,10 +669,12 @@ class BroadcastScheduler:
     def __init__(self, service: BroadcastService, *,
                  started: Callable[[str, str], None] | None = None,
                  poll_interval: float = 5.0,
+                 feed_interval: float = FEED_INTERVAL,
                  clock: Callable[[], float] = time.time) -> None:
         self.service = service
         self.started = started
         self.poll_interval = poll_interval
+        self.feed_interval = feed_interval
         self.clock = clock
         self._wake = asyncio.Event()
 
@@ -606,13 +690,21 @@ class BroadcastScheduler:
         return [broadcast_id for _, _, broadcast_id in started]
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Until ``stopping`` is set: start what is due, then wait for the next one to be
-        due, a :meth:`wake`, or the poll interval, whichever comes first."""
+        """Until ``stopping`` is set: start what is due and queue the next batches of what
+        is sending, then wait for the next one to be due, a :meth:`wake`, or the poll
+        interval (:data:`FEED_INTERVAL` while a broadcast is still being queued), whichever
+        comes first."""
         while not stopping.is_set():
             self._wake.clear()
             wait = self.poll_interval
             try:
                 await self.run_due()
+                fed, unfinished = await self.service.feed()
+                for campaign, channel in fed:
+                    if self.started is not None:
+                        self.started(campaign, channel)
+                if unfinished:
+                    wait = min(wait, self.feed_interval)
                 due = await self.service.next_due()
                 if due is not None:
                     wait = min(wait, max(0.01, due - self.clock()))

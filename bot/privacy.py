@@ -511,7 +511,7 @@ class Privacy:
             subs = (await conn.execute(
                 update(s).where(stale_sub)
                 .values(address=_pseudonym_for(conn, s.c.id), restricted=True,
-                        updated_at=now))).rowcount or 0
+                        tag_bits=0, updated_at=now))).rowcount or 0
             ce = consent_events
             consents = (await conn.execute(
                 update(ce).where(out_of_contact(ce),

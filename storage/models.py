@@ -27,6 +27,7 @@ __all__ = [
     "audit_events",
     "audit_heads",
     "broadcasts",
+    "campaign_tags",
     "campaigns",
     "consent_events",
     "consent_texts",
@@ -91,8 +92,14 @@ subscriptions = Table(
     Column("consented_at", Float, nullable=True),
     Column("updated_at", Float, nullable=False),
     Column("last_contact_at", Float, nullable=False),
+    # The subscription's tags as bits (``campaign_tags.bit``), beside ``subscription_tags``
+    # which stays the record: a segment is then a test on the row itself, so counting or
+    # queueing most of a million-strong list reads no tag rows at all.
+    Column("tag_bits", BigInteger, nullable=False, server_default="0"),
     UniqueConstraint("campaign", "channel", "address", name="uq_subscriptions_address"),
-    Index("ix_subscriptions_audience", "campaign", "channel", "status"),
+    # Covers the audience count: who is in a segment, by status, from the index alone.
+    Index("ix_subscriptions_audience", "campaign", "channel", "status", "restricted",
+          "tag_bits"),
     Index("ix_subscriptions_hash", "channel", "address_hash"),
 )
 
@@ -109,6 +116,19 @@ subscription_tags = Table(
     Column("channel", String(16), nullable=False),
     Column("created_at", Float, nullable=False),
     Index("ix_subscription_tags_segment", "campaign", "channel", "tag", "subscription_id"),
+)
+
+# The bit each tag of a campaign has in ``subscriptions.tag_bits``, given on the tag's first
+# use. A campaign has 63 bits; a tag used after they are all taken has none (``bit`` NULL)
+# and segments read it from ``subscription_tags`` instead (slower, never wrong).
+campaign_tags = Table(
+    "campaign_tags",
+    metadata,
+    Column("campaign", String(64), primary_key=True),
+    Column("tag", String(64), primary_key=True),
+    Column("bit", Integer, nullable=True),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("campaign", "bit", name="uq_campaign_tags_bit"),
 )
 
 # The append-only history that explains each subscription's status.
@@ -176,6 +196,10 @@ broadcasts = Table(
     # Queueing walks the audience in keyed-hash order (see bot.broadcasts.enqueue): the
     # last hash done.
     Column("hash_cursor", String(64), nullable=True),
+    # How many the audience count found when queueing began. Queueing goes on in batches
+    # just ahead of sending (see bot.broadcasts), so until it is done ``eligible`` (queued
+    # so far) is less, and the rest show as queued from this figure.
+    Column("audience", Integer, nullable=True),
     Index("ix_broadcasts_campaign", "campaign"),
     Index("ix_broadcasts_due", "status", "send_at"),
 )

@@ -123,9 +123,8 @@ async def post_broadcast(call: Call, body: BroadcastIn) -> web.Response:
                                         segment=segment, send_at=body.send_at)
     if body.dry_run:
         return json_answer(result, 200)
-    if result["status"] == "scheduled":
-        gw.scheduler.wake()
-    else:
+    gw.scheduler.wake()  # to start it when due, or to queue its next batches
+    if result["status"] != "scheduled":
         gw.dispatcher.wake(slug, body.channel)
     return json_answer(result, 202)
 

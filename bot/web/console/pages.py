@@ -484,9 +484,8 @@ async def broadcast_send(request: web.Request) -> web.StreamResponse:
         draft["channel"], draft["text"],
         (draft["subject"] or None) if draft["channel"] == "email" else None, False,
         segment=draft["segment"], send_at=send_at)
-    if result["status"] == "scheduled":
-        gw.scheduler.wake()
-    else:
+    gw.scheduler.wake()  # to start it when due, or to queue its next batches
+    if result["status"] != "scheduled":
         gw.dispatcher.wake(me.campaign.slug, draft["channel"])
     return see_other(f"/console/broadcasts/{result['id']}")
 
