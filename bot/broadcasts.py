@@ -44,6 +44,7 @@ from consentgate.bot.outbox import MessageStatus
 from consentgate.bot.tags import Segment, segment_conditions, segment_filter
 from consentgate.storage.db import Database
 from consentgate.storage.models import broadcasts, messages, subscriptions, suppressions
+from consentgate.storage.sql import driving_join
 
 __all__ = [
     "BroadcastScheduler",
@@ -280,8 +281,8 @@ class BroadcastService:
                 .group_by(s.c.status, s.c.restricted))
             outranked = await conn.execute(
                 select(s.c.status, s.c.restricted, func.count())
-                .select_from(p.join(s, and_(s.c.channel == p.c.channel,
-                                            s.c.address_hash == p.c.address_hash)))
+                .select_from(driving_join(p, s, and_(s.c.channel == p.c.channel,
+                                                     s.c.address_hash == p.c.address_hash)))
                 .where(p.c.channel == channel, s.c.campaign == campaign, *conds,
                        or_(s.c.consented_at.is_(None), p.c.at >= s.c.consented_at))
                 .group_by(s.c.status, s.c.restricted))

@@ -8,9 +8,32 @@ from typing import Any
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.selectable import FromClause, Join
 
-__all__ = ["dialect_insert", "insert_ignore", "upsert"]
+__all__ = ["dialect_insert", "driving_join", "insert_ignore", "upsert"]
+
+
+class _DrivingJoin(Join):
+    inherit_cache = True
+
+
+@compiles(_DrivingJoin, "sqlite")
+def _cross_join(join: _DrivingJoin, compiler: SQLCompiler, **kw: Any) -> str:
+    kw["asfrom"] = True
+    assert join.onclause is not None  # driving_join always gives one
+    return (f"{compiler.process(join.left, **kw)} CROSS JOIN "
+            f"{compiler.process(join.right, **kw)} ON {compiler.process(join.onclause, **kw)}")
+
+
+def driving_join(short: FromClause, long: FromClause, onclause: Any) -> Join:
+    """An inner join read from ``short``, probing ``long`` per row. SQLite keeps no
+    statistics unless asked, so its planner may read a million-row side and probe an empty
+    one instead; CROSS JOIN is how SQLite is told the order. Elsewhere a plain JOIN (the
+    planner knows the sizes)."""
+    return _DrivingJoin(short, long, onclause)
 
 
 def dialect_insert(conn: AsyncConnection, table: Table) -> Any:

@@ -363,3 +363,40 @@ async def test_a_stop_for_every_campaign_finds_the_queue_through_the_index(
     finally:
         await db.dispose()
     assert "ix_messages_recipient" in plan, plan
+
+
+async def test_the_audience_count_reads_the_suppressions_first_and_the_list_from_its_index(
+        sqlite_url: str) -> None:
+    """SQLite's planner keeps no statistics: asked plainly it read a million subscribers and
+    probed the (empty) suppression list once each, 2 s a dry run. The count of everyone in a
+    segment is read from the audience index alone."""
+    from sqlalchemy import and_, func, select
+
+    from consentgate.storage.models import subscriptions as s
+    from consentgate.storage.models import suppressions as p
+    from consentgate.storage.sql import driving_join
+
+    db = Database(sqlite_url)
+    await db.migrate()
+    bits = s.c.tag_bits.bitwise_and(6)
+    outranked = (select(s.c.status, func.count())
+                 .select_from(driving_join(p, s, and_(s.c.channel == p.c.channel,
+                                                      s.c.address_hash == p.c.address_hash)))
+                 .where(p.c.channel == "sms", s.c.campaign == "c", bits != 0)
+                 .group_by(s.c.status))
+    everyone = (select(s.c.status, s.c.restricted, func.count())
+                .where(s.c.campaign == "c", s.c.channel == "sms", bits != 0)
+                .group_by(s.c.status, s.c.restricted))
+    plans = []
+    try:
+        async with db.read() as conn:
+            for stmt in (outranked, everyone):
+                compiled = stmt.compile(dialect=conn.dialect,
+                                        compile_kwargs={"literal_binds": True})
+                rows = await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")
+                plans.append([str(r[-1]) for r in rows])
+    finally:
+        await db.dispose()
+    assert plans[0][0].startswith("SEARCH suppressions"), plans[0]
+    assert "ix_subscriptions_hash" in plans[0][1], plans[0]
+    assert "COVERING INDEX ix_subscriptions_audience" in plans[1][0], plans[1]
