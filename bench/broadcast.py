@@ -21,7 +21,7 @@ import asyncio
 import time
 from typing import Any
 
-from sqlalchemy import BigInteger, String, cast, literal, select, update
+from sqlalchemy import BigInteger, Integer, String, cast, literal, select, update
 
 from bench._common import (
     add_backend_option,
@@ -68,7 +68,8 @@ async def seed_tags(db: Database, n: int, tags: int, chunk: int = 100_000) -> No
             dict(campaign=campaign, tag=f"{prefix}{x}", bit=offset + x, created_at=now)
             for offset, prefix in ((0, "ward-0"), (half, "group-0")) for x in range(half)])
     one = literal(1, BigInteger)
-    bits = (one.op("<<")(s.c.id % half)).bitwise_or(one.op("<<")(half + (s.c.id // half) % half))
+    bits = (one.op("<<")(cast(s.c.id % half, Integer))).bitwise_or(
+        one.op("<<")(cast(half + (s.c.id // half) % half, Integer)))
     for lo in range(0, n, chunk):
         async with db.write(bulk=True) as conn:
             await conn.execute(update(s).where(s.c.id > lo, s.c.id <= lo + chunk)
