@@ -9,6 +9,7 @@ audience throughout.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -201,3 +202,46 @@ async def test_a_segment_queued_in_batches_matches_its_dry_run(db_url: str,
         await wait_done(h, sent["id"])
         wanted = PEOPLE[1::2] if segment.get("tags_any") else PEOPLE[::2]
         assert sorted(m.to for m in h.twilio.messages) == sorted(wanted)
+
+
+async def test_a_broadcast_paused_while_being_queued_goes_on_after_the_resume(
+        db_url: str) -> None:
+    """Every number is refused until the broadcast pauses itself (after 10 attempts): the
+    queueing stops with it, and after the resume everyone not yet tried gets one message."""
+    async with running_gateway(db_url, rate=20.0, pause_after_attempts=10) as h:
+        for number in PEOPLE:
+            await consent(h, number)
+        small_batches(h)
+        h.twilio.invalid.update(PEOPLE)
+        _, sent = await broadcast(h)
+
+        async def paused() -> dict[str, Any] | None:
+            v = await view(h, sent["id"])
+            return v if v["status"] == "paused" and v["counts"]["sending"] == 0 else None
+        held = await eventually(paused, timeout=20.0, what="the broadcast paused")
+        assert sum(held["counts"].values()) == 60, held
+        rows_then = await queued_rows(h, sent["id"])
+        await h.gateway.broadcasts.feed()
+        assert await queued_rows(h, sent["id"]) == rows_then < 60  # queueing holds too
+        h.twilio.invalid.clear()
+        code, _ = await h.api("POST", f"/api/v1/broadcasts/{sent['id']}/resume")
+        assert code == 200
+        done = await wait_done(h, sent["id"])
+        failed = done["counts"]["failed"]
+        assert failed == held["counts"]["failed"] and done["counts"]["sent"] == 60 - failed
+        assert len(h.twilio.messages) == 60 - failed
+        assert len({m.to for m in h.twilio.messages}) == 60 - failed  # once each
+
+
+async def test_tags_used_for_the_first_time_at_once_get_distinct_bits(db_url: str) -> None:
+    async with running_gateway(db_url) as h:
+        for number in PEOPLE[:12]:
+            await consent(h, number)
+        answers = await asyncio.gather(*(
+            h.api("PATCH", f"/api/v1/subscribers/sms/{number}",
+                  {"add_tags": [f"new-{i}", "shared"]})
+            for i, number in enumerate(PEOPLE[:12])))
+        assert [code for code, _ in answers] == [200] * 12, answers
+        await bits_follow_tags(h)
+        _, dry = await broadcast(h, dry_run=True, tags_all=["shared", "new-3"])
+        assert dry["audience"]["eligible"] == 1
