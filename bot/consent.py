@@ -67,6 +67,24 @@ class SubscriberState:
     objected: bool = False
 
 
+def state_of(status: str | None, restricted: bool, consented_at: float | None,
+             suppressed_at: float | None, last_settled: str | None) -> SubscriberState:
+    """A person's state from their subscription row (``status`` None: none), the time of a
+    suppression of their address (None: none) and the last consent event that is not a
+    pending double opt-in. A suppression recorded after the last consent outranks it; a
+    restricted subscription is kept but sent nothing; a pending double opt-in after an
+    opt-out leaves the objection standing until the person confirms."""
+    suppressed = suppressed_at is not None and (consented_at is None
+                                                or suppressed_at >= consented_at)
+    if status is None:
+        return SubscriberState(Status.UNKNOWN, suppressed)
+    current = Status(status)
+    if restricted and current is Status.SUBSCRIBED:
+        current = Status.PENDING
+    objected = current is Status.PENDING and last_settled == "opted_out"
+    return SubscriberState(current, suppressed, objected)
+
+
 @dataclass(frozen=True)
 class Target:
     """Where a message is going. ``group`` is a Telegram group/channel post."""

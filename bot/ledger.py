@@ -18,7 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consentgate.bot import audit, outbox, tags
 from consentgate.bot.addresses import address_hash
-from consentgate.bot.consent import Evidence, Status, SubscriberState, check_new_consent
+from consentgate.bot.consent import (
+    Evidence,
+    Status,
+    SubscriberState,
+    check_new_consent,
+    state_of,
+)
 from consentgate.bot.errors import Conflict, InvalidInput
 from consentgate.storage.models import consent_events, links, subscriptions, suppressions
 from consentgate.storage.sql import upsert
@@ -73,22 +79,22 @@ class Ledger:
                        subscriptions.c.address == address)
             )
         ).first()
-        consented_at = row.consented_at if row is not None else None
-        supp = select(suppressions.c.at).where(
-            suppressions.c.channel == channel, suppressions.c.address_hash == ahash
-        )
-        supp_at = (await conn.execute(supp)).scalar()
-        suppressed = supp_at is not None and (consented_at is None or supp_at >= consented_at)
-        if row is None:
-            return SubscriberState(Status.UNKNOWN, suppressed)
-        status = Status(row.status)
-        if row.restricted and status is Status.SUBSCRIBED:
-            # Restriction of processing: kept, but nothing is sent.
-            status = Status.PENDING
-        objected = False
-        if status is Status.PENDING:
-            objected = ahash in await self.objected_pending(conn, campaign, channel, [ahash])
-        return SubscriberState(status, suppressed, objected)
+        supp_at = (await conn.execute(select(suppressions.c.at).where(
+            suppressions.c.channel == channel, suppressions.c.address_hash == ahash))).scalar()
+        last_settled = None
+        if row is not None and (row.status == Status.PENDING.value
+                                or (row.restricted and row.status == Status.SUBSCRIBED.value)):
+            last_settled = (await conn.execute(
+                select(consent_events.c.event)
+                .where(consent_events.c.campaign == campaign,
+                       consent_events.c.channel == channel,
+                       consent_events.c.address_hash == ahash,
+                       consent_events.c.event != "pending")
+                .order_by(consent_events.c.at.desc(), consent_events.c.id.desc())
+                .limit(1))).scalar()
+        return state_of(None if row is None else row.status,
+                        row is not None and bool(row.restricted),
+                        None if row is None else row.consented_at, supp_at, last_settled)
 
     async def objected_pending(self, conn: AsyncConnection, campaign: str, channel: str,
                                hashes: Sequence[str]) -> set[str]:

@@ -16,7 +16,7 @@ from sqlalchemy import literal_column, null, select, union_all
 
 from consentgate.bot.addresses import normalise_address
 from consentgate.bot.config import CampaignSettings
-from consentgate.bot.consent import Evidence, Status, SubscriberState
+from consentgate.bot.consent import Evidence, Status, state_of
 from consentgate.bot.errors import InvalidInput
 from consentgate.bot.gate import ConsentGate
 from consentgate.bot.ledger import HistoryEntry, Ledger
@@ -48,22 +48,11 @@ class PersonRecord:
     replies: list[dict[str, Any]]  # newest first: id, at, intent, text, flag, resolution
 
 
-def person_state(status: str | None, restricted: bool, consented_at: float | None,
-                 suppressed_at: float | None, events: list[HistoryEntry]) -> SubscriberState:
-    """The ledger's :meth:`Ledger.state` worked out from rows already read: ``events`` is
-    the person's consent history, oldest first (the suppression entry not included)."""
-    suppressed = suppressed_at is not None and (consented_at is None
-                                                or suppressed_at >= consented_at)
-    if status is None:
-        return SubscriberState(Status.UNKNOWN, suppressed)
-    current = Status(status)
-    if restricted and current is Status.SUBSCRIBED:
-        current = Status.PENDING  # restriction of processing: kept, but nothing is sent
-    objected = False
-    if current is Status.PENDING:
-        settled = [e.event for e in events if e.event != "pending"]
-        objected = bool(settled) and settled[-1] == "opted_out"
-    return SubscriberState(current, suppressed, objected)
+def last_settled(events: list[HistoryEntry]) -> str | None:
+    """The last consent event that is not a pending double opt-in (``events`` oldest
+    first), as :func:`bot.consent.state_of` needs it."""
+    settled = [e.event for e in events if e.event != "pending"]
+    return settled[-1] if settled else None
 
 
 class SubscriberService:
@@ -178,8 +167,8 @@ class SubscriberService:
             found = (await conn.execute(rows)).all()
         events = sorted((r for r in found if r.kind == "event"), key=lambda r: (r.at, r.id))
         history = [HistoryEntry(r.at, r.a, r.b, r.c, r.d, r.e, r.f, r.g) for r in events]
-        state = person_state(head.status, bool(head.restricted), head.consented_at,
-                             head.supp_at, history)
+        state = state_of(head.status, bool(head.restricted), head.consented_at,
+                         head.supp_at, last_settled(history))
         if head.supp_at is not None:
             history.append(HistoryEntry(head.supp_at, "suppressed", None, head.supp_reason,
                                         head.supp_actor))

@@ -20,6 +20,7 @@ from consentgate.bot.consent import (
     decide,
     next_send_time,
     source_is_denied,
+    state_of,
 )
 
 ALL = frozenset({"sms", "email", "telegram"})
@@ -116,3 +117,22 @@ def test_quiet_hours_resume_is_later_and_outside_the_window(now: datetime) -> No
     if resume is not None:
         assert resume > now
         assert next_send_time(resume, LONDON_QUIET, "Europe/London") is None
+
+
+@pytest.mark.parametrize(("row", "suppressed_at", "last", "expected"), [
+    (None, None, None, SubscriberState(Status.UNKNOWN)),
+    (None, 5.0, None, SubscriberState(Status.UNKNOWN, suppressed=True)),
+    (("subscribed", False, 10.0), 5.0, "subscribed", SubscriberState(Status.SUBSCRIBED)),
+    (("subscribed", False, 10.0), 10.0, "subscribed",
+     SubscriberState(Status.SUBSCRIBED, suppressed=True)),
+    (("subscribed", True, 10.0), None, "subscribed", SubscriberState(Status.PENDING)),
+    (("pending", False, None), None, "opted_out",
+     SubscriberState(Status.PENDING, objected=True)),
+    (("pending", False, None), None, None, SubscriberState(Status.PENDING)),
+    (("opted_out", False, None), None, "opted_out", SubscriberState(Status.OPTED_OUT)),
+])
+def test_a_persons_state_from_their_rows(row: tuple[str, bool, float | None] | None,
+                                         suppressed_at: float | None, last: str | None,
+                                         expected: SubscriberState) -> None:
+    status, restricted, consented_at = row or (None, False, None)
+    assert state_of(status, restricted, consented_at, suppressed_at, last) == expected
