@@ -352,8 +352,12 @@ class Broadcast(Answer):
     id: int
     channel: Channel
     status: Literal["scheduled", "queued", "sending", "done", "cancelled", "paused"]
-    counts: dict[MessageStatus, int]
-    eligible: int
+    counts: dict[MessageStatus, int] = Field(
+        description="its messages by status; while it is still being queued (in batches "
+                    "as it sends), those not queued yet count as queued (as cancelled once "
+                    "it is cancelled)")
+    eligible: int = Field(description="whom it reaches: the count it started from until "
+                                      "all are queued, then the number queued")
     excluded: dict[str, int]
     segment: Segment
     send_at: str | None
