@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import String, and_, func, literal, or_, select, update
+from sqlalchemy import String, and_, exists, func, literal, or_, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consentgate.bot import audit, outbox
@@ -275,23 +275,30 @@ class BroadcastService:
                 # One pass over up to the whole list, run once: compiling it (JIT) cost
                 # PostgreSQL more than a second.
                 await conn.exec_driver_sql("SET LOCAL jit = off")
-            everyone = await conn.execute(
-                select(s.c.status, s.c.restricted, func.count())
+            everyone = (
+                select(literal(False).label("outranked"), s.c.status, s.c.restricted,
+                       func.count().label("n"))
                 .where(s.c.campaign == campaign, s.c.channel == channel, *conds)
                 .group_by(s.c.status, s.c.restricted))
-            outranked = await conn.execute(
-                select(s.c.status, s.c.restricted, func.count())
+            outranked = (
+                select(literal(True), s.c.status, s.c.restricted, func.count())
                 .select_from(driving_join(p, s, and_(s.c.channel == p.c.channel,
                                                      s.c.address_hash == p.c.address_hash)))
                 .where(p.c.channel == channel, s.c.campaign == campaign, *conds,
                        or_(s.c.consented_at.is_(None), p.c.at >= s.c.consented_at))
                 .group_by(s.c.status, s.c.restricted))
-            found = {(str(st), bool(r)): int(n) for st, r, n in everyone}
-            for st, r, n in outranked:
-                found[(str(st), bool(r))] -= int(n)
-                counts["suppressed"] = counts.get("suppressed", 0) + int(n)
+            # One statement, so both counts see the same moment (on PostgreSQL each
+            # statement of a read sees what had committed when it began).
+            found: dict[tuple[str, bool], int] = {}
+            for is_outranked, status, restricted, n in await conn.execute(
+                    union_all(everyone, outranked)):
+                if is_outranked:
+                    counts["suppressed"] = counts.get("suppressed", 0) + int(n)
+                    n = -n
+                key = (str(status), bool(restricted))
+                found[key] = found.get(key, 0) + int(n)
         for (status, restricted), n in found.items():
-            if n:
+            if n > 0:
                 reason = _reason(status, restricted, False)
                 counts[reason] = counts.get(reason, 0) + n
         eligible = counts.pop("eligible", 0)
@@ -463,8 +470,12 @@ class BroadcastService:
     async def _enqueue_hashes(self, conn: AsyncConnection, b: Any, after: str,
                               until: str) -> int:
         """Queue the eligible audience with ``after < address_hash <= until``, read through
-        ``ix_subscriptions_hash``; the segment is a test of each row's tag bits."""
-        s = subscriptions
+        ``ix_subscriptions_hash``; the segment is a test of each row's tag bits.
+
+        A person whose address was corrected while the broadcast was being queued has a
+        new keyed hash, possibly one the walk has still to reach: whoever already has a
+        message of this broadcast is left out (one probe of the recipient index each)."""
+        s, m = subscriptions, messages
         now = time.time()
         in_range = [s.c.channel == b.channel, s.c.address_hash > after,
                     s.c.address_hash <= until]
@@ -473,7 +484,9 @@ class BroadcastService:
             literal("campaign"), literal(MessageStatus.QUEUED, String), literal(b.id), literal(0),
             literal(b.created_by), literal(now), literal(now), literal(now),
         ).where(*in_range, _eligible(b.campaign, b.channel), s.c.id <= b.upper,
-                *await segment_conditions(conn, _segment(b), b.campaign))
+                *await segment_conditions(conn, _segment(b), b.campaign),
+                ~exists().where(m.c.channel == s.c.channel, m.c.address_hash == s.c.address_hash,
+                                m.c.campaign == s.c.campaign, m.c.broadcast_id == b.id))
         result = await conn.execute(messages.insert().from_select(
             ["campaign", "channel", "address", "address_hash", "kind", "status",
              "broadcast_id", "attempts", "created_by", "created_at", "updated_at",
@@ -525,7 +538,11 @@ class BroadcastService:
                     .limit(self.ahead).subquery()))).scalar_one()
             done = False
             if waiting * 2 < self.ahead:
-                _, done = await self.enqueue(broadcast_id, until=self.ahead - waiting)
+                try:
+                    _, done = await self.enqueue(broadcast_id, until=self.ahead - waiting)
+                except Exception:  # the others still get their batches; this one next time
+                    _log.exception("broadcast.queueing_failed", campaign=campaign,
+                                   broadcast_id=broadcast_id)
                 fed.append((campaign, channel))
             unfinished = unfinished or not done
         return fed, unfinished
@@ -700,6 +717,9 @@ class BroadcastScheduler:
             wait = self.poll_interval
             try:
                 await self.run_due()
+            except Exception:  # the database was away: try again at the next poll
+                _log.exception("broadcast.schedule_failed")
+            try:
                 fed, unfinished = await self.service.feed()
                 for campaign, channel in fed:
                     if self.started is not None:

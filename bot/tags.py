@@ -197,9 +197,10 @@ async def _give_bits(conn: AsyncConnection, campaign: str, tags: Sequence[str],
     if not new:
         return known
     # Serialises the giving of bits within a campaign (PostgreSQL: two first uses at once
-    # must not take the same bit); only taken when a tag is used for the first time.
+    # must not take the same bit); only taken when a tag is used for the first time, always
+    # after the subscriptions' locks (see add_tags), so the two are taken in one order.
     await conn.execute(select(campaigns.c.slug).where(campaigns.c.slug == campaign)
-                       .with_for_update())
+                       .with_for_update(key_share=True))
     known = await tag_bits(conn, campaign, tags)
     used = {int(b) for b in (await conn.execute(select(campaign_tags.c.bit).where(
         campaign_tags.c.campaign == campaign, campaign_tags.c.bit.is_not(None)))).scalars()}
@@ -266,11 +267,14 @@ async def add_tags(conn: AsyncConnection, subscription_ids: Iterable[int], campa
             for i in ids for tag in tags]
     if not rows:
         return
+    s = subscriptions
+    # The subscriptions first (PostgreSQL): a removal of the same tag committing meanwhile
+    # must not take the row and leave the bit, or the bit without the row.
+    await conn.execute(select(s.c.id).where(s.c.id.in_(ids)).with_for_update())
     await conn.execute(dialect_insert(conn, subscription_tags).on_conflict_do_nothing(
         index_elements=["subscription_id", "tag"]), rows)
     mask = _or((await _give_bits(conn, campaign, sorted(set(tags)), now)).values())
     if mask:
-        s = subscriptions
         await conn.execute(update(s).where(s.c.id.in_(ids))
                            .values(tag_bits=s.c.tag_bits.bitwise_or(_mask(mask))))
 
@@ -280,12 +284,14 @@ async def remove_tags(conn: AsyncConnection, subscription_id: int, campaign: str
     """Take ``tags`` from this subscription, and their bits, in the caller's transaction."""
     if not tags:
         return
+    s = subscriptions
+    # The subscription first, as in add_tags.
+    await conn.execute(select(s.c.id).where(s.c.id == subscription_id).with_for_update())
     await conn.execute(delete(subscription_tags).where(
         subscription_tags.c.subscription_id == subscription_id,
         subscription_tags.c.tag.in_(list(tags))))
     mask = _or((await tag_bits(conn, campaign, tags)).values())
     if mask:
-        s = subscriptions
         await conn.execute(update(s).where(s.c.id == subscription_id)
                            .values(tag_bits=s.c.tag_bits.bitwise_and(_mask(~mask))))
 

@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from consentgate.storage.models import campaign_tags, messages, subscription_tags, subscriptions
+from consentgate.storage.models import (
+    broadcasts,
+    campaign_tags,
+    messages,
+    subscription_tags,
+    subscriptions,
+)
 from consentgate.testing.harness import Harness, running_gateway
 from consentgate.testing.waiting import eventually
 from tests.web.test_audiences import broadcast, consent, view, wait_done
@@ -245,3 +251,49 @@ async def test_tags_used_for_the_first_time_at_once_get_distinct_bits(db_url: st
         await bits_follow_tags(h)
         _, dry = await broadcast(h, dry_run=True, tags_all=["shared", "new-3"])
         assert dry["audience"]["eligible"] == 1
+
+
+async def test_an_address_corrected_while_its_broadcast_is_queued_gets_one_message(
+        db_url: str) -> None:
+    """Queueing walks the keyed-hash order; a correction gives the person a new hash,
+    here one the walk has still to reach. They are not queued a second time."""
+    async with running_gateway(db_url, dispatch=False) as h:
+        for number in PEOPLE[:40]:
+            await consent(h, number)
+        small_batches(h)
+        _, sent = await broadcast(h)
+        async with h.db.read() as conn:
+            cursor, queued = (await conn.execute(
+                select(broadcasts.c.hash_cursor, func.count(messages.c.id))
+                .select_from(broadcasts.join(messages,
+                                             messages.c.broadcast_id == broadcasts.c.id))
+                .where(broadcasts.c.id == sent["id"])
+                .group_by(broadcasts.c.hash_cursor))).one()
+            first = str((await conn.execute(select(messages.c.address).where(
+                messages.c.broadcast_id == sent["id"]).limit(1))).scalar_one())
+        assert 0 < queued < 40
+        corrected = next(f"+4479111099{i:02d}" for i in range(100)
+                         if h.gateway.ledger.hash("sms", f"+4479111099{i:02d}") > cursor)
+        code, body = await h.api("PATCH", f"/api/v1/subjects/sms/{first}",
+                                 {"address": corrected})
+        assert code == 200, body
+        queued_all, done = await h.gateway.broadcasts.enqueue(sent["id"])
+        assert done and queued_all == 40
+        async with h.db.read() as conn:
+            addresses = [a for a, in await conn.execute(select(messages.c.address).where(
+                messages.c.broadcast_id == sent["id"]))]
+        assert len(addresses) == 40 and corrected in addresses and first not in addresses
+
+
+async def test_a_tag_added_and_removed_at_once_leaves_bits_and_rows_agreeing(
+        db_url: str) -> None:
+    async with running_gateway(db_url) as h:
+        for number in PEOPLE[:10]:
+            await consent(h, number, ["volunteer"])
+        for _ in range(3):
+            answers = await asyncio.gather(*(
+                h.api("PATCH", f"/api/v1/subscribers/sms/{number}",
+                      {"add_tags": ["volunteer"]} if i % 2 else {"remove_tags": ["volunteer"]})
+                for number in PEOPLE[:10] for i in range(4)))
+            assert {code for code, _ in answers} == {200}, answers
+            await bits_follow_tags(h)
