@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import String, and_, exists, func, literal, or_, select, union_all, update
+from sqlalchemy import String, and_, func, literal, or_, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consentgate.bot import audit, outbox
@@ -474,7 +474,9 @@ class BroadcastService:
 
         A person whose address was corrected while the broadcast was being queued has a
         new keyed hash, possibly one the walk has still to reach: whoever already has a
-        message of this broadcast is left out (one probe of the recipient index each)."""
+        message of this broadcast is left out: one probe of the recipient index each,
+        written as a count so that PostgreSQL runs it per row, as meant, instead of turning
+        it into a join it may read the whole outbox for."""
         s, m = subscriptions, messages
         now = time.time()
         in_range = [s.c.channel == b.channel, s.c.address_hash > after,
@@ -485,8 +487,10 @@ class BroadcastService:
             literal(b.created_by), literal(now), literal(now), literal(now),
         ).where(*in_range, _eligible(b.campaign, b.channel), s.c.id <= b.upper,
                 *await segment_conditions(conn, _segment(b), b.campaign),
-                ~exists().where(m.c.channel == s.c.channel, m.c.address_hash == s.c.address_hash,
-                                m.c.campaign == s.c.campaign, m.c.broadcast_id == b.id))
+                select(func.count()).where(
+                    m.c.channel == s.c.channel, m.c.address_hash == s.c.address_hash,
+                    m.c.campaign == s.c.campaign, m.c.broadcast_id == b.id
+                ).scalar_subquery() == 0)
         result = await conn.execute(messages.insert().from_select(
             ["campaign", "channel", "address", "address_hash", "kind", "status",
              "broadcast_id", "attempts", "created_by", "created_at", "updated_at",
