@@ -498,8 +498,9 @@ class DispatchThread:
 
     async def run(self) -> None:
         """Start the thread and wait for the dispatcher to finish (after :meth:`stop`).
-        Cancelled, it stops the dispatcher and still waits for it: the dispatcher's
-        shutdown releases leases and records results."""
+        Cancelled (``serve``'s shutdown budget is spent), it tells the dispatcher to stop
+        and returns at once: the thread is a daemon, and whatever it leaves is what a crash
+        leaves (docs/operations.md)."""
         loop = asyncio.get_running_loop()
         finished: asyncio.Future[None] = loop.create_future()
         scheduler = self.dispatcher.scheduler
@@ -532,8 +533,6 @@ class DispatchThread:
             self.thread.join()  # at its very end already: it reported as it returned
         except asyncio.CancelledError:
             self.dispatcher.stop()
-            with contextlib.suppress(Exception):
-                await finished
             raise
         finally:
             stopping.set()

@@ -6,6 +6,7 @@ obvious way the pieces are put together.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Mapping
 from typing import IO
@@ -231,8 +232,10 @@ class Gateway:
             self._lock = None
         await _close_adapters(self.adapters.values())
         if self.dispatch_db is not self.db:
-            # Already done on the dispatcher's loop if it ran; a second time does nothing.
-            await self._close_dispatch()
+            # Done on the dispatcher's loop if it ran to its end (a second time does
+            # nothing); if it did not, its connections belong to that loop: best effort.
+            with contextlib.suppress(Exception):
+                await self._close_dispatch()
         await self.db.dispose()
 
 
