@@ -52,7 +52,7 @@ from bench._common import (
     write_report,
 )
 from consentgate.bot.dispatch import Dispatcher
-from consentgate.bot.runtime import tune_garbage_collector
+from consentgate.bot.runtime import tune_garbage_collector, tune_thread_switching
 from consentgate.storage.db import Database
 from consentgate.testing.fakes.twilio_api import FakeTwilio
 from consentgate.testing.harness import (
@@ -178,9 +178,11 @@ async def run(args: argparse.Namespace) -> None:
     concurrency = args.concurrency or in_flight
     rounds: list[dict[str, Any]] = []
     async with bench_database(args.backend) as url, \
-            running_gateway(url, rate=RATE) as h:
+            running_gateway(url, rate=RATE, dispatch_thread=args.own_thread) as h:
         addresses = await seed_subscribers(h.db, args.n)
         tune_garbage_collector()  # as serve does; the bare clients share the process
+        if args.own_thread:
+            tune_thread_switching()
         # warm both paths (connections, imports, caches) on a few messages
         await bare_client(h.twilio, numbers(200, 9_000_000), concurrency)
         await bare_twilio(h.twilio, numbers(200, 9_100_000), concurrency)
@@ -223,7 +225,8 @@ async def run(args: argparse.Namespace) -> None:
     ]
     write_report("dispatch", {"backend": args.backend, "n": args.n, "rounds": args.rounds,
                               "dispatcher_max_in_flight": in_flight,
-                              "bare_concurrency": concurrency, "rate_per_second": RATE},
+                              "bare_concurrency": concurrency, "rate_per_second": RATE,
+                              "own_thread": args.own_thread},
                  rows, {"rounds": rounds})
 
 
@@ -402,6 +405,10 @@ def main() -> int:
                              "PostgreSQL database, for each N (needs --backend postgres)")
     parser.add_argument("--latency", type=float, default=0.0,
                         help="with --workers: the fake's answer latency in seconds")
+    parser.add_argument("--own-thread", action="store_true",
+                        help="the dispatcher on an event loop in a thread of its own, as "
+                             "serve runs it (the fake and the bare clients stay on this "
+                             "process's main loop)")
     add_backend_option(parser)
     args = parser.parse_args()
     if args.workers is None:

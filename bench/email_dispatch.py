@@ -167,9 +167,10 @@ Queueing the broadcast took {gw['queued']:.2f} s; from `create` to the last mess
 relay {gw['at_relay']:.2f} s, to every result recorded {gw['recorded']:.2f} s. Both sides
 spend much of their time in Python's `email` package (building the message; the relay
 parsing it), which is why the absolute rates are modest; the gateway's extra time is mostly
-its write transactions (claim, gate admission, recording) queueing for SQLite's write lock,
-as in the dispatch benchmark. A relay account's own limit is usually lower than either rate,
-and the gateway paces sends to `rate_per_second`.
+building its larger message (per-recipient unsubscribe headers, the HTML part), then the
+consent work (gate, recording, composing, the log line): see the profile in
+docs/benchmarks.md. A relay account's own limit is usually lower than either rate, and the
+gateway paces sends to `rate_per_second`.
 """
 
 

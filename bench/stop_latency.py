@@ -34,7 +34,7 @@ from bench._common import (
     seed_subscribers,
     write_report,
 )
-from consentgate.bot.runtime import tune_garbage_collector
+from consentgate.bot.runtime import tune_garbage_collector, tune_thread_switching
 from consentgate.storage.db import Database
 from consentgate.testing.fakes.twilio_api import FakeTwilio, new_sid
 from consentgate.testing.fakes.twilio_webhooks import inbound_sms_form, post_signed
@@ -90,16 +90,23 @@ async def stops_evenly(t: Target, addresses: list[str], spacing: float,
 
 
 @contextlib.asynccontextmanager
-async def in_process(backend: str, n: int) -> AsyncIterator[Target]:
-    async with bench_database(backend) as url, running_gateway(url, rate=RATE) as h:
+async def in_process(backend: str, n: int, *, own_thread: bool = True,
+                     ) -> AsyncIterator[Target]:
+    async with bench_database(backend) as url, running_gateway(
+            url, rate=RATE, dispatch_thread=own_thread) as h:
         addresses = await seed_subscribers(h.db, n)
         tune_garbage_collector()  # as serve does
+        if own_thread:
+            tune_thread_switching()
         port = int(h.url.rsplit(":", 1)[1])
         yield Target(h.session, h.url, h.twilio, addresses, Client(h.session, port))
 
 
 @contextlib.asynccontextmanager
-async def gateway_process(backend: str, n: int) -> AsyncIterator[Target]:
+async def gateway_process(backend: str, n: int, *, workers: int = 0,
+                          own_thread: bool = True) -> AsyncIterator[Target]:
+    """``consentgate serve`` as its own process; with ``workers``, serve answers only
+    (``[dispatch] in_serve = false``) and that many ``consentgate worker`` processes send."""
     async with bench_database(backend) as url:
         db = Database(url, pool_size=2)
         try:
@@ -113,7 +120,12 @@ async def gateway_process(backend: str, n: int) -> AsyncIterator[Target]:
                         Launcher(Path(tmp)) as launch, aiohttp.ClientSession() as session):
                 config = write_config(Path(tmp) / "consentgate.toml", storage_url=url,
                                       twilio_url=fake.base_url, port=port, rate=RATE)
+                with config.open("a", encoding="utf-8") as fh:
+                    fh.write(f"\n[dispatch]\nin_serve = {str(workers == 0).lower()}\n"
+                             f"own_thread = {str(own_thread).lower()}\n")
                 await launch.serve(config, port, timeout=120)
+                for _ in range(workers):
+                    await launch.worker(config, timeout=120)
                 client = Client(session, port)
                 yield Target(session, client.url, fake, addresses, client)
 
@@ -128,8 +140,11 @@ def summary(results: list[tuple[str, float, float, int]]) -> dict[str, Any]:
 async def run(args: argparse.Namespace) -> None:
     configure_quiet_logging("stop_latency")
     k = args.stops
-    running = gateway_process if args.gateway_process else in_process
-    async with running(args.backend, args.n) as t:
+    running = (in_process(args.backend, args.n, own_thread=args.own_thread)
+               if not (args.gateway_process or args.workers) else
+               gateway_process(args.backend, args.n, workers=args.workers,
+                               own_thread=args.own_thread))
+    async with running as t:
         addresses, fake = t.addresses, t.fake
         # warm the webhook path (imports, connections, statement caches)
         await stops_evenly(t, addresses[k:k + 20], 0.005)
@@ -178,7 +193,8 @@ async def run(args: argparse.Namespace) -> None:
     ]
     write_report("stop_latency", {"backend": args.backend, "n": args.n, "stops": k,
                                   "spacing_ms": args.spacing_ms, "rate_per_second": RATE,
-                                  "gateway_process": args.gateway_process},
+                                  "gateway_process": args.gateway_process or bool(args.workers),
+                                  "workers": args.workers, "own_thread": args.own_thread},
                  rows, {"baseline": baseline, "broadcast": load, "counts": view["counts"]})
 
 
@@ -194,6 +210,13 @@ def main() -> int:
     parser.add_argument("--gateway-process", action="store_true",
                         help="run the gateway as a consentgate serve process, apart from the "
                              "fake and the client")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="run serve with [dispatch] in_serve = false beside this many "
+                             "consentgate worker processes, which send (PostgreSQL; implies "
+                             "--gateway-process)")
+    parser.add_argument("--no-own-thread", dest="own_thread", action="store_false",
+                        help="the dispatcher on the web server's event loop ([dispatch] "
+                             "own_thread = false), as before it had a thread of its own")
     add_backend_option(parser)
     return run_main(run, parser.parse_args())
 

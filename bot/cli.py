@@ -290,12 +290,18 @@ async def _serve(settings: Settings, with_web: bool) -> int:
     from aiohttp import web
 
     from consentgate.bot.gateway import Gateway
-    from consentgate.bot.runtime import tune_garbage_collector
+    from consentgate.bot.runtime import tune_garbage_collector, tune_thread_switching
     from consentgate.bot.web.app import create_app
     from consentgate.storage.db import DatabaseBusy
 
     log = structlog.get_logger("consentgate")
-    gateway = Gateway(settings)  # a ConfigError here is a conflict only the whole file shows
+    dispatching = settings.dispatch.in_serve or not with_web
+    if not dispatching and settings.storage.url.startswith("sqlite"):
+        return _fail("[dispatch] in_serve = false needs PostgreSQL: on SQLite `serve` is the "
+                     "only process, so nothing else would send", 2)
+    # A ConfigError here is a conflict only the whole file shows.
+    gateway = Gateway(settings, dispatch_thread=(
+        with_web and dispatching and settings.dispatch.own_thread))
     try:
         await gateway.start()
     except DatabaseBusy as exc:
@@ -316,9 +322,12 @@ async def _serve(settings: Settings, with_web: bool) -> int:
         if gateway.mail_listeners is not None:  # inbound mail: unsubscribes, replies, bounces
             await gateway.mail_listeners.start()
     tune_garbage_collector()
+    if gateway.dispatch_thread:
+        tune_thread_switching()
     log.info("consentgate.started", web=with_web, host=settings.server.host,
              port=settings.server.port, campaigns=[c.slug for c in settings.campaigns],
-             worker=gateway.dispatcher.worker_id)
+             worker=gateway.dispatcher.worker_id if dispatching else None,
+             dispatch_thread=gateway.dispatch_thread)
     problem = public_url_problem(settings.server) if with_web else None
     if problem is not None:
         log.warning("consentgate.public_url_unreachable", detail=problem)
@@ -328,7 +337,9 @@ async def _serve(settings: Settings, with_web: bool) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    dispatcher = asyncio.create_task(gateway.dispatcher.run())
+    dispatch_runner = gateway.dispatching()
+    dispatcher = asyncio.create_task(
+        dispatch_runner.run() if dispatching else stop.wait(), name="dispatch")
     retention: asyncio.Task[None] | None = None
     if with_web:
         gateway.telegram.start_polling()  # campaigns with [campaigns.telegram] polling = true
@@ -341,7 +352,7 @@ async def _serve(settings: Settings, with_web: bool) -> int:
     # Stop taking work first, then let in-flight sends finish and release the rest, all in
     # one budget: the dispatcher drains while the listeners close (exit 0 within 10 s).
     deadline = loop.time() + 9.0
-    gateway.dispatcher.stop()
+    dispatch_runner.stop()
     if retention is not None:
         retention.cancel()  # a run in progress rolls back; the next start runs it again
     if runner is not None:

@@ -485,6 +485,22 @@ class DispatchSettings(_Table):
         "`max_connections`).",
     )
 
+    in_serve: bool = Field(
+        default=True,
+        description="whether `consentgate serve` dispatches too. On PostgreSQL, set it to "
+        "false in the `serve` processes when `consentgate worker` processes send: then no "
+        "provider call shares a process with the webhooks (STOPs, the API, the console). "
+        "On SQLite `serve` is the only process, so it must dispatch (`serve` refuses false).",
+    )
+    own_thread: bool = Field(
+        default=True,
+        description="whether `consentgate serve` runs its dispatcher on an event loop in a "
+        "thread of its own, so the web server's loop (webhooks, the API, the console) never "
+        "waits behind provider calls. The dispatcher then has its own database connections "
+        "(on PostgreSQL, up to `2 x pool_size` more per `serve`). `worker` has no web server "
+        "and ignores it.",
+    )
+
     @field_validator("lease_seconds")
     @classmethod
     def _a_second_or_more(cls, value: float) -> float:

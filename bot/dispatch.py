@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -47,7 +48,7 @@ from consentgate.bot.metrics import Metrics
 from consentgate.bot.outbox import Claimed, MessageStatus
 from consentgate.storage.db import Database
 
-__all__ = ["Dispatcher"]
+__all__ = ["DispatchThread", "Dispatcher"]
 
 _log = structlog.get_logger("consentgate.dispatch")
 
@@ -135,20 +136,50 @@ class Dispatcher:
         self._call_seconds = {ch: metrics.send_seconds.labels(ch) for ch in CHANNELS}
         #: Starts scheduled broadcasts wherever a dispatcher runs (serve and worker alike).
         self.scheduler: BroadcastScheduler | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one :meth:`run` runs on
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop :meth:`run` runs on (None before it starts)."""
+        return self._loop
 
     def wake(self, campaign: str | None = None, channel: str | None = None) -> None:
-        """New work was queued: lanes stop waiting for the next poll."""
+        """New work was queued: lanes stop waiting for the next poll. Safe to call from
+        any thread (the web server's loop wakes a dispatcher running in a thread)."""
+        self._on_own_loop(self._wake_lanes, campaign, channel)
+
+    def _wake_lanes(self, campaign: str | None, channel: str | None) -> None:
         for (c, ch), ev in self._wake.items():
             if (campaign is None or c == campaign) and (channel is None or ch == channel):
                 ev.set()
 
     def stop(self) -> None:
+        """Stop claiming (see :meth:`run`). Safe to call from any thread."""
+        self._on_own_loop(self._stop_now)
+
+    def _stop_now(self) -> None:
         self._stopping.set()
         for ev in self._wake.values():
             ev.set()
 
+    def _on_own_loop(self, fn: Callable[..., None], *args: object) -> None:
+        # asyncio's events wake only waiters of the loop they are set on.
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            fn(*args)
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            fn(*args)
+        else:
+            loop.call_soon_threadsafe(fn, *args)
+
     async def run(self) -> None:
         """Run until :meth:`stop`; then release unsent leases and finish in-flight sends."""
+        self._loop = asyncio.get_running_loop()
         recorder = asyncio.create_task(self._record_loop(), name="dispatch-recorder")
         reaper = asyncio.create_task(self._reap_loop(), name="dispatch-reaper")
         lanes = [asyncio.create_task(self._lane(key, adapter), name=f"lane-{key}")
@@ -439,3 +470,81 @@ class Dispatcher:
                     _log.warning("dispatch.reaped_interrupted", count=n)
             except Exception:
                 _log.exception("dispatch.reap_failed")
+
+
+class DispatchThread:
+    """Runs a :class:`Dispatcher` on an event loop in a thread of its own, so the web
+    server's loop never waits behind provider calls.
+
+    During a full-speed broadcast the dispatcher keeps some fifty provider calls and its
+    transactions going; sharing a loop with them, a STOP's webhook waited for one long loop
+    turn per await (docs/benchmarks.md, section 3). The dispatcher's database engine and
+    adapters must be its own (``gateway.Gateway(dispatch_thread=True)`` builds them):
+    connections and sessions belong to the loop that opened them. Its scheduler, if any,
+    stays on the caller's loop, which also serves the requests that wake it.
+
+    ``close`` runs on the dispatcher's loop after it has stopped (its adapters' sessions and
+    its engine are closed where they were opened).
+    """
+
+    def __init__(self, dispatcher: Dispatcher,
+                 close: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.dispatcher = dispatcher
+        self._close = close
+        self.thread: threading.Thread | None = None
+
+    def stop(self) -> None:
+        self.dispatcher.stop()
+
+    async def run(self) -> None:
+        """Start the thread and wait for the dispatcher to finish (after :meth:`stop`).
+        Cancelled (``serve``'s shutdown budget is spent), it tells the dispatcher to stop
+        and returns at once: the thread is a daemon, and whatever it leaves is what a crash
+        leaves (docs/operations.md)."""
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = loop.create_future()
+        scheduler = self.dispatcher.scheduler
+        self.dispatcher.scheduler = None  # see the class's docstring
+        stopping = asyncio.Event()
+
+        def report(error: BaseException | None) -> None:
+            if finished.done():
+                return
+            if error is None:
+                finished.set_result(None)
+            else:
+                finished.set_exception(error)
+
+        def main() -> None:
+            error: BaseException | None = None
+            try:
+                asyncio.run(self._dispatch())
+            except BaseException as exc:  # handed to the waiting loop
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the waiting loop has closed
+                loop.call_soon_threadsafe(report, error)
+
+        self.thread = threading.Thread(target=main, name="consentgate-dispatcher", daemon=True)
+        self.thread.start()
+        schedule = (None if scheduler is None else asyncio.create_task(
+            scheduler.run(stopping), name="broadcast-scheduler"))
+        try:
+            await asyncio.shield(finished)
+            self.thread.join()  # at its very end already: it reported as it returned
+        except asyncio.CancelledError:
+            self.dispatcher.stop()
+            raise
+        finally:
+            stopping.set()
+            self.dispatcher.scheduler = scheduler
+            if schedule is not None:
+                schedule.cancel()  # a start in progress rolls back or resumes at start-up
+                with contextlib.suppress(asyncio.CancelledError):
+                    await schedule
+
+    async def _dispatch(self) -> None:
+        try:
+            await self.dispatcher.run()
+        finally:
+            if self._close is not None:
+                await self._close()

@@ -6,8 +6,9 @@ obvious way the pieces are put together.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import IO
 
 from sqlalchemy import select
@@ -18,7 +19,7 @@ from consentgate.bot.audit import AuditLog
 from consentgate.bot.broadcasts import PAUSE_AFTER_ATTEMPTS, BroadcastScheduler, BroadcastService
 from consentgate.bot.compose import Composer
 from consentgate.bot.config import CampaignSettings, Settings
-from consentgate.bot.dispatch import Dispatcher
+from consentgate.bot.dispatch import Dispatcher, DispatchThread
 from consentgate.bot.gate import CampaignRules, ConsentGate
 from consentgate.bot.inbound import InboundService
 from consentgate.bot.join import JoinService
@@ -94,9 +95,13 @@ class Gateway:
     def __init__(self, settings: Settings, *, worker_id: str | None = None,
                  adapters: Mapping[tuple[str, str], ChannelAdapter] | None = None,
                  lease_seconds: float | None = None,
-                 pause_after_attempts: int = PAUSE_AFTER_ATTEMPTS) -> None:
+                 pause_after_attempts: int = PAUSE_AFTER_ATTEMPTS,
+                 dispatch_thread: bool = False) -> None:
         """``pause_after_attempts``: how many messages of a broadcast must have reached the
-        provider before its failure rate can pause it (see :mod:`bot.broadcasts`)."""
+        provider before its failure rate can pause it (see :mod:`bot.broadcasts`).
+        ``dispatch_thread``: the dispatcher will run on a loop of its own
+        (:meth:`dispatching`), so it gets a database engine of its own and, unless
+        ``adapters`` are given, adapters of its own."""
         self.settings = settings
         self.campaigns: dict[str, CampaignSettings] = {c.slug: c for c in settings.campaigns}
         self.db = Database(settings.storage.url, pool_size=settings.storage.pool_size)
@@ -116,14 +121,25 @@ class Gateway:
         self.composer = Composer(self.campaigns, settings.server.public_url, self.tokens,
                                  self.mail_tokens)
         if adapters is None:
+            built = True
             adapters = {(c.slug, ch): build_adapter(settings, c, ch)
                         for c in settings.campaigns for ch in c.channels()}
+        else:
+            built = False
         self.adapters = dict(adapters)
+        self.dispatch_thread = dispatch_thread
+        #: The dispatcher's database and adapters: the web's own, unless it runs on a loop
+        #: of its own (connections and sessions belong to the loop that opened them).
+        self.dispatch_db = self.db.for_another_loop() if dispatch_thread else self.db
+        self.dispatch_adapters = self.adapters if not (dispatch_thread and built) else {
+            (c.slug, ch): build_adapter(settings, c, ch)
+            for c in settings.campaigns for ch in c.channels()}
+        dispatch_db = self.dispatch_db
         # On PostgreSQL several processes share each sender: its budget lives in the database.
         pacer_factory = None if self.db.is_sqlite else (
-            lambda a: SharedPacer(self.db, a.sender_key, a.rate_per_second))
-        self.dispatcher = Dispatcher(self.db, self.gate, self.ledger, self.composer,
-                                     self.adapters, self.metrics, worker_id=worker_id,
+            lambda a: SharedPacer(dispatch_db, a.sender_key, a.rate_per_second))
+        self.dispatcher = Dispatcher(self.dispatch_db, self.gate, self.ledger, self.composer,
+                                     self.dispatch_adapters, self.metrics, worker_id=worker_id,
                                      lease_seconds=(settings.dispatch.lease_seconds
                                                     if lease_seconds is None else lease_seconds),
                                      max_in_flight=settings.dispatch.max_in_flight,
@@ -200,13 +216,32 @@ class Gateway:
                                        f"campaign#{c.slug}",
                                        {"name": c.name, "consent_text_version": version})
 
+    def dispatching(self) -> Dispatcher | DispatchThread:
+        """What runs the dispatcher: ``await x.run()``, ``x.stop()``."""
+        if not self.dispatch_thread:
+            return self.dispatcher
+        return DispatchThread(self.dispatcher, self._close_dispatch)
+
+    async def _close_dispatch(self) -> None:
+        await _close_adapters(self.dispatch_adapters.values())
+        await self.dispatch_db.dispose()
+
     async def close(self) -> None:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
-        for adapter in self.adapters.values():
-            try:
-                await adapter.close()
-            except Exception:  # closing is best effort; the process is ending
-                pass
+        await _close_adapters(self.adapters.values())
+        if self.dispatch_db is not self.db:
+            # Done on the dispatcher's loop if it ran to its end (a second time does
+            # nothing); if it did not, its connections belong to that loop: best effort.
+            with contextlib.suppress(Exception):
+                await self._close_dispatch()
         await self.db.dispose()
+
+
+async def _close_adapters(adapters: Iterable[ChannelAdapter]) -> None:
+    for adapter in adapters:
+        try:
+            await adapter.close()
+        except Exception:  # closing is best effort; the process is ending
+            pass

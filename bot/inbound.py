@@ -8,12 +8,14 @@ is produced only after the transaction has committed.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consentgate.adapters.base import InboundEvent
@@ -37,6 +39,11 @@ _log = structlog.get_logger("consentgate.inbound")
 #: Twilio error codes that mean the number cannot receive texts at all.
 _UNDELIVERABLE = {"30005", "30006", "21614"}
 
+
+#: The longest an opt-out's answer waits for a send to the person already on the wire.
+IN_FLIGHT_WAIT = 5.0
+#: How often it looks whether that send has been answered (seconds).
+IN_FLIGHT_POLL = 0.01
 
 #: A step run inside :meth:`InboundService.apply_text`'s transaction: (conn, intent, reply).
 AfterText = Callable[[AsyncConnection, str, str | None], Awaitable[None]]
@@ -121,7 +128,8 @@ class InboundService:
         log = _log.bind(campaign=campaign, channel=event.channel, intent=intent.value,
                         event_id=event.provider_event_id, sender=mask(address))
         reply: str | None = None
-        async with self.db.write() as conn:
+        in_flight: Any = None
+        async with self.db.write_now() as conn:
             if not await self._first_time(conn, campaign, event.channel,
                                           event.provider_event_id):
                 log.info("inbound.duplicate")
@@ -141,6 +149,9 @@ class InboundService:
                     suppression_reason="stop_all")
                 self.metrics.opt_outs.labels(event.channel, method).inc()
                 reply = reply_texts(settings)[intent]
+                in_flight = await self._sending_to(
+                    conn, None if intent is Intent.OPT_OUT_ALL else campaign, event.channel,
+                    ahash)
             elif intent is Intent.OPT_IN and event.channel == "sms":
                 link_id = await self._link_for_keyword(conn, settings, argument)
                 state = await self.ledger.state(conn, campaign, event.channel, address)
@@ -169,9 +180,37 @@ class InboundService:
                 await self.ledger.touch_contact(conn, campaign, event.channel, address)
             if and_then is not None:
                 await and_then(conn, intent.value, reply)
+        if in_flight is not None:
+            await self._until_answered(in_flight)
         self.metrics.inbound.labels(event.channel, intent.value).inc()
         log.info("inbound.applied", flagged=intent is Intent.POSSIBLE_OPT_OUT, rule=rule)
         return InboundResult(False, intent.value, None if provider_replied else reply)
+
+    async def _sending_to(self, conn: AsyncConnection, campaign: str | None, channel: str,
+                          address_hash: str) -> Select[tuple[int]] | None:
+        """Whether a message to the person is on the wire now (admitted before this opt-out,
+        its provider call not yet answered): the query that tells when none is, or None."""
+        which = select(messages.c.id).where(
+            messages.c.channel == channel, messages.c.address_hash == address_hash,
+            messages.c.status == MessageStatus.SENDING).limit(1)
+        if campaign is not None:
+            which = which.where(messages.c.campaign == campaign)
+        return which if (await conn.execute(which)).first() is not None else None
+
+    async def _until_answered(self, sending: Select[tuple[int]]) -> None:
+        """Wait (at most :data:`IN_FLIGHT_WAIT`) until the provider calls of ``sending``
+        are answered and recorded, so that once the opt-out is answered no message reaches
+        the provider any more. The call may be in another process (a PostgreSQL worker), so
+        the outbox is asked, not the dispatcher; this is rare (the person's message was in
+        the batch just admitted), and a row left ``sending`` by a crash does not hold the
+        answer longer than the bound."""
+        deadline = time.monotonic() + IN_FLIGHT_WAIT
+        while time.monotonic() < deadline:
+            await asyncio.sleep(IN_FLIGHT_POLL)
+            async with self.db.read() as conn:
+                if (await conn.execute(sending)).first() is None:
+                    return
+        _log.warning("inbound.opt_out_answered_while_sending")
 
     async def _link_for_keyword(self, conn: AsyncConnection, settings: CampaignSettings,
                                 argument: str | None) -> str | None:

@@ -21,12 +21,13 @@ import contextlib
 import fcntl
 import functools
 import os
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 import structlog
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
@@ -61,61 +62,142 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x636F6E73  # pg_advisory_lock key: one migrating process at a time
 
 
+class _Turn:
+    """One writer waiting for its turn, on its own event loop."""
+
+    __slots__ = ("future", "granted", "loop", "task", "yielding")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any] | None,
+                 yielding: bool = False) -> None:
+        self.loop = loop
+        self.task = task
+        self.yielding = yielding
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.granted = False
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class WriteTurns:
     """An in-process write lock handed over in order, urgent waiters before bulk ones.
 
-    Not an :class:`asyncio.Lock` because it has two queues, and because a nested write
-    transaction in one task must fail loudly here rather than wait for ever for itself.
+    Not an :class:`asyncio.Lock` because it has two queues, because a nested write
+    transaction in one task must fail loudly here rather than wait for ever for itself, and
+    because its writers may live on different event loops (the web server's and the
+    dispatcher's thread, :class:`consentgate.bot.dispatch.DispatchThread`): SQLite has one
+    write lock for the file, so both loops must take the same turns. The state is guarded by
+    a thread lock held only for a few assignments; a turn passes to a writer on another loop
+    through that loop's ``call_soon_threadsafe``.
+
+    A turn taken with ``yielding=True`` (a WAL checkpoint: it keeps writers out so it can
+    copy the whole log back, but writes nothing itself) keeps bulk writers waiting and lets
+    one urgent writer at a time run beside it: a checkpoint syncs the database file, some
+    tens of milliseconds, and a STOP need not wait for that.
     """
 
     def __init__(self) -> None:
+        self._mutex = threading.Lock()
         self._holder: asyncio.Task[Any] | None = None
         self._held = False
-        self._urgent: deque[asyncio.Future[None]] = deque()
-        self._bulk: deque[asyncio.Future[None]] = deque()
+        self._yielding = False  # the holder lets an urgent writer run beside it
+        self._beside: asyncio.Task[Any] | None = None
+        self._beside_held = False
+        self._urgent: deque[_Turn] = deque()
+        self._bulk: deque[_Turn] = deque()
 
     @property
     def waiting(self) -> tuple[int, int]:
         """(urgent, bulk) writers waiting for their turn."""
-        return len(self._urgent), len(self._bulk)
+        with self._mutex:
+            return len(self._urgent), len(self._bulk)
 
-    async def acquire(self, *, bulk: bool) -> None:
+    async def acquire(self, *, bulk: bool, yielding: bool = False) -> None:
+        """Wait for the turn. ``yielding``: a bulk turn that an urgent writer may share
+        (see the class's docstring)."""
         task = asyncio.current_task()
-        if self._held and task is not None and task is self._holder:
-            raise RuntimeError("a write transaction was opened inside another one")
-        if not self._held and not self._urgent and not self._bulk:
-            self._held, self._holder = True, task
-            return
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue = self._bulk if bulk else self._urgent
-        queue.append(turn)
+        bulk = bulk or yielding
+        with self._mutex:
+            if task is not None and ((self._held and task is self._holder)
+                                     or (self._beside_held and task is self._beside)):
+                raise RuntimeError("a write transaction was opened inside another one")
+            if not self._held and not self._urgent and not self._bulk:
+                self._held, self._holder, self._yielding = True, task, yielding
+                return
+            if (not bulk and self._held and self._yielding and not self._beside_held
+                    and not self._urgent):
+                self._beside_held, self._beside = True, task
+                return
+            turn = _Turn(asyncio.get_running_loop(), task, yielding)
+            queue = self._bulk if bulk else self._urgent
+            queue.append(turn)
         try:
-            await turn
+            await turn.future
         except asyncio.CancelledError:
-            if turn.done() and not turn.cancelled():
-                self._holder = task
+            with self._mutex:
+                granted = turn.granted
+                if not granted and turn in queue:
+                    queue.remove(turn)
+            if granted:
                 self.release()  # handed the turn while being cancelled: pass it on
-            elif turn in queue:
-                queue.remove(turn)
             raise
-        self._holder = task
 
     def release(self) -> None:
-        for queue in (self._urgent, self._bulk):
-            while queue:
-                turn = queue.popleft()
-                if not turn.done():
-                    self._holder = None
-                    turn.set_result(None)  # the turn passes straight to the next writer
+        task = asyncio.current_task()
+        with self._mutex:
+            if self._beside_held and (task is self._beside or not self._held):
+                self._beside_held, self._beside = False, None
+                turn = self._next_beside()
+            elif self._beside_held:
+                # The yielding holder is done while an urgent writer runs beside it: that
+                # writer holds the turn now, and hands it on when it is done.
+                self._holder, self._yielding = self._beside, False
+                self._beside_held, self._beside = False, None
+                return
+            else:
+                turn = None
+                for queue in (self._urgent, self._bulk):
+                    if queue:
+                        turn = queue.popleft()
+                        # The turn passes straight to the next writer.
+                        turn.granted, self._holder = True, turn.task
+                        self._yielding = turn.yielding
+                        break
+                else:
+                    self._held, self._holder, self._yielding = False, None, False
                     return
-        self._held, self._holder = False, None
+        if turn is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is turn.loop:
+            _wake(turn.future)
+        else:
+            turn.loop.call_soon_threadsafe(_wake, turn.future)
+
+    def _next_beside(self) -> _Turn | None:
+        """After a writer beside a yielding holder: the next urgent one goes beside it."""
+        if self._held and self._yielding and self._urgent:
+            turn = self._urgent.popleft()
+            turn.granted = True
+            self._beside_held, self._beside = True, turn.task
+            return turn
+        return None
 
 
 class Database:
     """One engine and the two kinds of transaction the services use."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False,
+                 turns: WriteTurns | None = None) -> None:
+        """``turns``: another :class:`Database`'s write turns, to share (see
+        :meth:`for_another_loop`)."""
         self.url = url
+        self.pool_size = pool_size
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             self.engine: AsyncEngine = create_async_engine(
@@ -124,7 +206,7 @@ class Database:
                 hide_parameters=_HIDE_PARAMETERS,
             )
             _install_sqlite_hooks(self.engine.sync_engine, _begin_via_adapter)
-            self.turns: WriteTurns | None = WriteTurns()
+            self.turns: WriteTurns | None = turns or WriteTurns()
             database = make_url(url).database
             # A file's own synchronous connections (see write_sync); an in-memory database
             # is private to its one connection, so it has none.
@@ -142,6 +224,14 @@ class Database:
         self._writer_engine: Engine | None = None
         self._commits = 0
         self._checkpoint: asyncio.Task[None] | None = None
+
+    def for_another_loop(self) -> Database:
+        """The same database for use on another event loop (another thread): pooled
+        connections belong to the loop that opened them (asyncpg's outright; aiosqlite's and
+        SQLAlchemy's pool waits through that loop's futures), so each loop needs an engine of
+        its own. On SQLite both share the write turns, so the file's one write lock is
+        still taken in order, a person's change first. Engines connect only when first used."""
+        return Database(self.url, pool_size=self.pool_size, turns=self.turns)
 
     @asynccontextmanager
     async def write(self, *, bulk: bool = False) -> AsyncIterator[AsyncConnection]:
@@ -183,14 +273,52 @@ class Database:
                 result = self._on_loop(fn)
             except _LockedElsewhere:
                 return await self._in_writer_thread(fn)
-            self._commits += 1
-            if self._commits % CHECKPOINT_EVERY == 0 and self._checkpoint is None:
-                self._checkpoint = asyncio.create_task(self._checkpoint_wal())
+            self._committed_on_loop()
             return result
         finally:
             self.turns.release()
 
-    def _on_loop(self, fn: Callable[[Connection], T]) -> T:
+    @asynccontextmanager
+    async def write_now(self) -> AsyncIterator[AsyncConnection]:
+        """A person's write transaction (an opt-out), as :meth:`write`, made for speed.
+
+        On a SQLite file, once the write turn is ours, each statement runs when awaited, on
+        the event loop's own connection (as :meth:`write_sync`'s): through aiosqlite every
+        statement is two hand-overs between threads, and with the dispatcher on a thread of
+        its own each hand-over also waits for the interpreter lock. While another process
+        holds SQLite's lock it is an ordinary :meth:`write`. Only ``execute``, ``run_sync``
+        and ``dialect`` of the connection are there; the opt-out path needs no more.
+        """
+        if self._sync_url is None or self.turns is None:
+            async with self.write() as conn:
+                yield conn
+            return
+        await self.turns.acquire(bulk=False)
+        try:
+            with self._loop_connection() as sync_conn:
+                try:
+                    transaction: Any = sync_conn.begin()
+                except OperationalError as exc:
+                    if not _locked(exc):
+                        raise
+                    transaction = None
+                if transaction is not None:
+                    with transaction:
+                        yield cast(AsyncConnection, _Immediate(sync_conn))
+            if transaction is None:
+                async with self.engine.begin() as conn:
+                    yield conn
+            else:
+                self._committed_on_loop()
+        finally:
+            self.turns.release()
+
+    def _committed_on_loop(self) -> None:
+        self._commits += 1
+        if self._commits % CHECKPOINT_EVERY == 0 and self._checkpoint is None:
+            self._checkpoint = asyncio.create_task(self._checkpoint_wal())
+
+    def _loop_connection(self) -> Connection:
         if self._loop_engine is None:
             assert self._sync_url is not None
             self._loop_engine = create_engine(
@@ -198,11 +326,14 @@ class Database:
                 pool_reset_on_return=None, hide_parameters=_HIDE_PARAMETERS)  # see _on_reset
             _install_sqlite_hooks(self._loop_engine, _begin_via_connection,
                                   busy_timeout_ms=0, checkpoints=False)
-        with self._loop_engine.connect() as conn:
+        return self._loop_engine.connect()
+
+    def _on_loop(self, fn: Callable[[Connection], T]) -> T:
+        with self._loop_connection() as conn:
             try:
                 transaction = conn.begin()
             except OperationalError as exc:
-                if "locked" in str(exc.orig) or "busy" in str(exc.orig):
+                if _locked(exc):
                     raise _LockedElsewhere from exc
                 raise
             with transaction:
@@ -226,10 +357,11 @@ class Database:
     async def _checkpoint_wal(self) -> None:
         try:
             assert self.turns is not None
-            await self.turns.acquire(bulk=True)
+            await self.turns.acquire(bulk=True, yielding=True)
             try:
-                # With no writer in between, the checkpoint can copy the whole WAL back,
-                # and the next transaction then starts it again from the beginning.
+                # With no bulk writer in between, the checkpoint can copy the whole WAL
+                # back, and the next transaction then starts it again from the beginning.
+                # A person's change may still run beside it (see WriteTurns).
                 await self._in_thread(self._checkpoint_in_writer)
             finally:
                 self.turns.release()
@@ -349,6 +481,26 @@ class Database:
                 await asyncio.get_running_loop().run_in_executor(writer, engine.dispose)
             writer.shutdown()
         await self.engine.dispose()
+
+
+def _locked(exc: OperationalError) -> bool:
+    """Whether SQLite refused because another connection holds its write lock."""
+    return "locked" in str(exc.orig) or "busy" in str(exc.orig)
+
+
+class _Immediate:
+    """What :meth:`Database.write_now` hands out: a synchronous connection's statements,
+    run when awaited."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self.dialect = conn.dialect
+
+    async def execute(self, statement: Any, parameters: Any = None, **kw: Any) -> Any:
+        return self._conn.execute(statement, parameters, **kw)
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        return fn(self._conn, *args, **kw)
 
 
 def _install_sqlite_hooks(sync_engine: Engine, begin: Callable[[Connection, str], None], *,

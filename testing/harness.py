@@ -249,10 +249,12 @@ async def running_gateway(db_url: str, *, rate: float = 200.0, twilio_latency: f
                           dispatch: bool = True, telegram: FakeTelegram | None = None,
                           pause_after_attempts: int = PAUSE_AFTER_ATTEMPTS,
                           password_hashes: Mapping[str, str] | None = None,
+                          dispatch_thread: bool = False,
                           **kwargs: Any) -> AsyncIterator[Harness]:
     """The whole gateway on loopback (see :class:`Harness`). ``password_hashes``: an
     argon2id ``password_hash`` per operator name, so those operators can sign in to the
-    console."""
+    console. ``dispatch_thread``: the dispatcher on a loop of its own thread, as ``serve``
+    runs it."""
     async with FakeTwilio(account_sid=JANE_SID, auth_token=JANE_AUTH,
                           credentials={BOB_SID: BOB_AUTH}) as twilio:
         twilio.latency = twilio_latency
@@ -265,7 +267,8 @@ async def running_gateway(db_url: str, *, rate: float = 200.0, twilio_latency: f
                     for op in c.operators)})
                 for c in settings.campaigns)})
         gateway = Gateway(settings, lease_seconds=30.0,
-                          pause_after_attempts=pause_after_attempts)
+                          pause_after_attempts=pause_after_attempts,
+                          dispatch_thread=dispatch_thread)
         await gateway.start()
         if gateway.mail_listeners is not None:
             await gateway.mail_listeners.start()
@@ -278,7 +281,7 @@ async def running_gateway(db_url: str, *, rate: float = 200.0, twilio_latency: f
         h = Harness(gateway, f"http://127.0.0.1:{port}", twilio, session, telegram=telegram,
                     app=runner.app)
         if dispatch:
-            h.runs.append(asyncio.create_task(gateway.dispatcher.run()))
+            h.runs.append(asyncio.create_task(gateway.dispatching().run()))
         try:
             yield h
         finally:

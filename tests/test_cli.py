@@ -90,6 +90,17 @@ async def test_refusals_are_one_line_with_the_documented_status(tmp_path: Path) 
     assert err.startswith("consentgate: configuration error: ") and err.count("\n") == 1
 
 
+async def test_serve_refuses_to_leave_dispatching_to_workers_on_sqlite(tmp_path: Path) -> None:
+    """On SQLite ``serve`` is the only process (no worker may join it), so a ``serve``
+    that does not dispatch would leave every message queued for ever."""
+    config = _config(tmp_path)
+    with config.open("a", encoding="utf-8") as fh:
+        fh.write("\n[dispatch]\nin_serve = false\n")
+    status, out, err = await run_cli("serve", "--config", str(config))
+    assert (status, out) == (2, "")
+    assert err.startswith("consentgate: [dispatch] in_serve = false needs PostgreSQL")
+
+
 async def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
     config = _config(tmp_path)
     audience = numbers(300)

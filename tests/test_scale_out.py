@@ -256,3 +256,47 @@ async def test_provider_outage_ends_in_failed_with_a_reason_never_stuck(
     assert row.attempts == MAX_ATTEMPTS, tuple(row)  # retried, then gave up
     assert row.lease_owner is None
     assert gw.twilio.messages == []
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+async def test_serve_that_does_not_dispatch_answers_stops_while_a_worker_sends(
+        pg_url: str, tmp_path: Path) -> None:
+    """``[dispatch] in_serve = false``: ``serve`` answers the webhooks and the API and
+    sends nothing; the worker sends the whole broadcast. STOPs answered by ``serve``
+    mid-broadcast win: nothing reaches the provider for a STOP'd number after its answer."""
+    audience = numbers(1500)
+    port = free_port()
+    async with (FakeTwilio(account_sid=JANE_SID, auth_token=JANE_AUTH) as fake,
+                Launcher(tmp_path) as launch, aiohttp.ClientSession() as session):
+        fake.latency = 0.02  # sends are on the wire when the STOPs arrive
+        config = _pg_config(tmp_path, pg_url, fake.base_url, port, rate=400,
+                            lease_seconds=30)
+        with config.open("a", encoding="utf-8") as fh:
+            fh.write("in_serve = false\n")  # the [dispatch] table is the file's last
+        serve = await launch.serve(config, port)
+        worker = await launch.worker(config)
+        client = Client(session, port)
+        await client.import_consents(audience)
+        created = await client.broadcast("Canvassing this Saturday, meet at 10")
+        await fake.wait_for(200, timeout=30)
+        stoppers = audience[-300::10]
+        answered: dict[str, float] = {}
+        for i, number in enumerate(stoppers):
+            status, twiml = await client.sms_in(number, "STOP", f"SM{i:032d}")
+            answered[number] = time.monotonic()
+            assert status == 200 and "unsubscribed" in twiml
+        view = await client.wait_done(created["id"], timeout=60)
+        for p in (serve, worker):
+            rc, took = await p.stop()
+            assert rc == 0 and took < 10, p.log()
+        serve_log, worker_log = serve.log(), worker.log()
+
+    assert len(fake.messages) < len(audience)  # the STOPs came mid-broadcast
+    assert '"message.sent"' not in serve_log and '"message.sent"' in worker_log
+    for number in stoppers:
+        assert [m for m in fake.sent_to(number) if m.received_at > answered[number]] == []
+    received = Counter(sms.to for sms in fake.messages)
+    assert set(received) >= set(audience) - set(stoppers)
+    assert max(received.values()) == 1
+    assert view["counts"]["sent"] + view["counts"]["delivered"] == len(fake.messages)

@@ -18,6 +18,7 @@ from sqlalchemy import text
 from consentgate.bot import outbox
 from consentgate.storage.db import Database, WriteTurns
 from consentgate.storage.models import metadata
+from consentgate.testing.waiting import eventually
 
 # -- WriteTurns ---------------------------------------------------------------------------
 
@@ -400,3 +401,140 @@ async def test_the_audience_count_reads_the_suppressions_first_and_the_list_from
     assert plans[0][0].startswith("SEARCH suppressions"), plans[0]
     assert "ix_subscriptions_hash" in plans[0][1], plans[0]
     assert "COVERING INDEX ix_subscriptions_audience" in plans[1][0], plans[1]
+
+
+# -- two event loops (the dispatcher on a thread of its own) ------------------------------
+
+
+async def test_write_turns_pass_between_loops_in_order_a_person_s_change_first() -> None:
+    """A bulk writer on another thread's loop holds the turn; bulk writers of both loops
+    and then a person's change queue behind it. The person's change goes next, and each
+    turn reaches the loop its writer waits on."""
+    turns = WriteTurns()
+    order: list[str] = []
+    other_loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=other_loop.run_forever, name="other-loop")
+    thread.start()
+    try:
+        held, release = threading.Event(), threading.Event()
+
+        async def hold_on_other_loop() -> None:
+            await turns.acquire(bulk=True)
+            held.set()
+            await asyncio.get_running_loop().run_in_executor(None, release.wait)
+            order.append("holder")
+            turns.release()
+
+        async def queued_on_other_loop(name: str) -> None:
+            await turns.acquire(bulk=True)
+            order.append(name)
+            assert threading.current_thread() is thread
+            turns.release()
+
+        holder = asyncio.run_coroutine_threadsafe(hold_on_other_loop(), other_loop)
+        await asyncio.get_running_loop().run_in_executor(None, held.wait)
+        there = asyncio.run_coroutine_threadsafe(queued_on_other_loop("bulk-there"),
+                                                 other_loop)
+        await _until_waiting_anywhere(turns, 0, 1)
+        here = asyncio.create_task(_queued(turns, "bulk-here", True, order))
+        await _until_waiting_anywhere(turns, 0, 2)
+        stop = asyncio.create_task(_queued(turns, "stop", False, order))
+        await _until_waiting_anywhere(turns, 1, 2)
+        release.set()
+        await asyncio.gather(asyncio.wrap_future(holder), asyncio.wrap_future(there),
+                             here, stop)
+        assert order == ["holder", "stop", "bulk-there", "bulk-here"]
+        assert turns.waiting == (0, 0)
+    finally:
+        other_loop.call_soon_threadsafe(other_loop.stop)
+        thread.join()
+        other_loop.close()
+
+
+async def _until_waiting_anywhere(turns: WriteTurns, urgent: int, bulk: int) -> None:
+    """As :func:`_wait_until_waiting`, for waiters on another thread too: each check gives
+    that thread the interpreter (a thread switch, not a timer standing in for an event)."""
+    async def check() -> bool:
+        return turns.waiting == (urgent, bulk)
+
+    await eventually(check, what=f"waiting {(urgent, bulk)}")
+
+
+async def test_an_opt_out_write_runs_on_the_loop_s_connection_and_commits_or_leaves_nothing(
+        sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    await db.migrate()
+    try:
+        async with db.write_now() as conn:
+            await conn.execute(text(_NEW_CAMPAIGN), {"slug": "a", "imprint": ""})
+            # no hand-over to aiosqlite's thread: the loop's own connection, no lock wait
+            assert (await conn.execute(text("PRAGMA busy_timeout"))).scalar() == 0
+        with pytest.raises(ValueError, match="half-way"):
+            async with db.write_now() as conn:
+                await conn.execute(text(_NEW_CAMPAIGN), {"slug": "z", "imprint": ""})
+                raise ValueError("half-way")
+        assert await _campaigns(db) == [("a", "A")]
+        assert db.turns is not None and db.turns.waiting == (0, 0)
+    finally:
+        await db.dispose()
+
+
+async def test_while_another_process_writes_an_opt_out_write_waits_for_the_lock(
+        sqlite_url: str) -> None:
+    """The loop's connection would not wait for another process's lock: the opt-out then
+    goes the ordinary way (aiosqlite's thread waits), and commits once the lock is free."""
+    db = Database(sqlite_url)
+    await db.migrate()
+
+    async def opt_out() -> None:
+        async with db.write_now() as conn:
+            await conn.execute(text(_NEW_CAMPAIGN), {"slug": "a", "imprint": ""})
+
+    other = _other_process_writing(sqlite_url)
+    try:
+        job = asyncio.create_task(opt_out())
+        for _ in range(50):  # passes of the event loop: the transaction has begun waiting
+            await asyncio.sleep(0)
+        assert not job.done()
+        other.rollback()
+        await job
+        assert await _campaigns(db) == [("a", "A")]
+    finally:
+        other.close()
+        await db.dispose()
+
+
+async def test_a_checkpoint_s_turn_keeps_bulk_writers_out_but_not_a_person_s_change() -> None:
+    """A WAL checkpoint holds a yielding turn (it syncs the file, tens of milliseconds):
+    queued bulk writers wait for it, an urgent one runs beside it (one at a time), and when
+    the checkpoint ends first the urgent writer keeps the turn until it is done."""
+    turns = WriteTurns()
+    order: list[str] = []
+
+    async def hold(name: str, got: asyncio.Event, done: asyncio.Event, *, bulk: bool,
+                   yielding: bool = False) -> None:
+        await turns.acquire(bulk=bulk, yielding=yielding)
+        order.append(name)
+        got.set()
+        await done.wait()
+        order.append(f"{name} done")
+        turns.release()
+
+    ck_got, ck_done, stop_got, stop_done = (asyncio.Event() for _ in range(4))
+    checkpoint = asyncio.create_task(hold("checkpoint", ck_got, ck_done, bulk=True,
+                                          yielding=True))
+    await ck_got.wait()
+    bulk = asyncio.create_task(_queued(turns, "bulk", True, order))
+    await _wait_until_waiting(turns, 0, 1)
+    stop = asyncio.create_task(hold("stop", stop_got, stop_done, bulk=False))
+    await stop_got.wait()  # beside the checkpoint, at once
+    second = asyncio.create_task(_queued(turns, "second stop", False, order))
+    await _wait_until_waiting(turns, 1, 1)  # one person's change at a time beside it
+    ck_done.set()
+    await checkpoint  # it ends first; the stop still holds the turn
+    await _wait_until_waiting(turns, 1, 1)
+    stop_done.set()
+    await asyncio.gather(stop, second, bulk)
+    assert order == ["checkpoint", "stop", "checkpoint done", "stop done", "second stop",
+                     "bulk"]
+    assert turns.waiting == (0, 0)

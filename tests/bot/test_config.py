@@ -818,6 +818,10 @@ def test_dispatch_settings_are_read_and_checked() -> None:
     base = f'[security]\nsecret_key = "{SECRET}"\n[dispatch]\n'
     settings = parse_config(base + "lease_seconds = 30\nmax_in_flight = 16\n", {})
     assert (settings.dispatch.lease_seconds, settings.dispatch.max_in_flight) == (30, 16)
+    # serve dispatches, on a thread of its own, unless told otherwise
+    assert (settings.dispatch.in_serve, settings.dispatch.own_thread) == (True, True)
+    settings = parse_config(base + "in_serve = false\nown_thread = false\n", {})
+    assert (settings.dispatch.in_serve, settings.dispatch.own_thread) == (False, False)
     err = error_of(base + "max_in_flight = 0\n")
     assert err.key == "dispatch.max_in_flight"
 
