@@ -123,9 +123,11 @@ async def dev_outbox(request: web.Request) -> web.Response:
         return problem(404, "not_found", "there is no outbox page: messages are really sent")
     sent: list[OutboundMessage] = []
     for slug in slugs:
-        for (campaign, _), adapter in gw.adapters.items():
+        # The dispatcher's adapters: with its own thread it has its own, and they are the
+        # ones that "sent" (a deque is copied whole under the interpreter lock).
+        for (campaign, _), adapter in gw.dispatch_adapters.items():
             if campaign == slug and isinstance(adapter, LogChannel):
-                sent.extend(adapter.sent)
+                sent.extend(list(adapter.sent))
     sent.sort(key=lambda m: int(m.message_id) if m.message_id.isdigit() else 0, reverse=True)
     return _page("dev_outbox.html", messages=[_shown(m) for m in sent[:OUTBOX_SHOWN]],
                  shown=OUTBOX_SHOWN)
