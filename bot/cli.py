@@ -407,7 +407,10 @@ async def _send(gw: Gateway, args: argparse.Namespace) -> int:
              help="leave out subscribers with this tag (repeatable)"),
          arg("--at", metavar="WHEN",
              help="schedule for this ISO 8601 time with offset, e.g. "
-                  "2026-05-07T07:00:00+01:00 (a running serve or worker sends it)"))
+                  "2026-05-07T07:00:00+01:00 (a running serve or worker sends it)"),
+         arg("--hint-after", type=float, default=STALL_SECONDS, metavar="SECONDS",
+             help="while waiting, say so if nothing has moved for this long and no "
+                  f"process is sending (default {STALL_SECONDS:g})"))
 async def _broadcast(gw: Gateway, args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -442,7 +445,7 @@ async def _broadcast(gw: Gateway, args: argparse.Namespace) -> int:
                 break
             if c != seen:
                 seen, still_since = c, time.monotonic()
-            elif not hinted and time.monotonic() - still_since >= STALL_SECONDS:
+            elif not hinted and time.monotonic() - still_since >= args.hint_after:
                 # No progress for a while: say so if no process is there to send it (the
                 # wait goes on; a `serve` started now picks the broadcast up).
                 hinted = await gw.broadcasts.nothing_dispatching(result["id"])

@@ -148,7 +148,7 @@ async def test_a_waiting_broadcast_says_when_nothing_is_dispatching_and_keeps_wa
         assert status == 0, err
         proc = await asyncio.create_subprocess_exec(
             CONSENTGATE, "broadcast", "sms", "Hustings tonight", "--config", str(config),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            "--hint-after", "1", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         assert proc.stderr is not None
         stderr = proc.stderr
         try:
@@ -172,21 +172,21 @@ async def test_a_waiting_broadcast_says_when_nothing_is_dispatching_and_keeps_wa
 @pytest.mark.slow
 async def test_a_waiting_broadcast_stays_quiet_while_serve_is_dispatching(
         tmp_path: Path, storage_url: str) -> None:
-    """``serve`` is up but the sender is slow (one message every 8 s): the queued messages
-    are due and see no progress for longer than the look-out period, and still the wait
-    must not cry wolf. Two messages are enough: the second waits 8 s, longer than the
-    look-out period, while it is due."""
+    """``serve`` is up but the sender is slow (one message every 2 s): the queued messages
+    are due and see no progress for longer than the look-out period (1 s here), and still
+    the wait must not cry wolf. Two messages are enough: the second waits 2 s, longer than
+    the look-out period, while it is due."""
     audience = numbers(2)
     port = free_port()
     async with (FakeTwilio(account_sid=JANE_SID, auth_token=JANE_AUTH) as fake,
                 Launcher(tmp_path) as launch):
-        config = _config(tmp_path, fake.base_url, port, storage_url, rate=0.125)
+        config = _config(tmp_path, fake.base_url, port, storage_url, rate=0.5)
         status, _, err = await run_cli("import", str(_consents(tmp_path, audience)),
                                        "--config", str(config))
         assert status == 0, err
         await launch.serve(config, port)
         status, out, err = await run_cli("broadcast", "sms", "Hustings tonight",
-                                         "--config", str(config))
+                                         "--hint-after", "1", "--config", str(config))
     assert status == 0, err
     assert NOTHING_DISPATCHING not in err
     assert sorted(m.to for m in fake.messages) == audience
