@@ -133,9 +133,12 @@ def small_batches(h: Harness) -> None:
     h.gateway.broadcasts.ahead = 10
 
 
+@pytest.mark.parametrize("own_thread", [False, True], ids=["one-loop", "own-thread"])
 async def test_a_broadcast_is_queued_just_ahead_of_sending_each_person_once(
-        db_url: str) -> None:
-    async with running_gateway(db_url, rate=50.0) as h:
+        db_url: str, own_thread: bool) -> None:
+    """Also with the dispatcher on its own thread, as ``serve`` runs it: the scheduler
+    queueing the batches stays on the web loop and wakes the dispatcher across threads."""
+    async with running_gateway(db_url, rate=50.0, dispatch_thread=own_thread) as h:
         for number in PEOPLE:
             await consent(h, number)
         small_batches(h)
