@@ -4,10 +4,14 @@ filters and pages; the compliance report says whether the chain holds."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+
+import pytest
 
 from consentgate.bot import audit
 from consentgate.testing.harness import JANE, JANE_AUDITOR, Harness
@@ -21,25 +25,46 @@ def _sql(db: Path, sql: str, *params: object) -> None:
         conn.execute(sql, params)
 
 
-async def _setup(tmp_path: Path) -> tuple[Path, Path]:
+async def _seed(folder: Path) -> None:
     """A campaign with a few audited changes, made through the command line."""
-    db = tmp_path / "cg.db"
-    config = write_config(tmp_path / "config.toml", db_path=db,
+    db = folder / "cg.db"
+    config = write_config(folder / "config.toml", db_path=db,
                           twilio_url="http://127.0.0.1:9", port=8080)
-    consents = tmp_path / "consents.csv"
+    consents = folder / "consents.csv"
     consents.write_text("channel,address,method,source,evidence\n" + "".join(
         f"sms,{n},paper_form,stall,form {i}\n" for i, n in enumerate(NUMBERS)))
     assert (await run_cli("import", str(consents), "--config", str(config)))[0] == 0
-    opt_outs = tmp_path / "opt-outs.csv"
+    opt_outs = folder / "opt-outs.csv"
     opt_outs.write_text(f"channel,address,reason\nsms,{NUMBERS[0]},old platform\n")
     assert (await run_cli("suppressions", "import", str(opt_outs), "--config", str(config)))[0] == 0
     assert (await run_cli("subject", "erase", "sms", NUMBERS[1], "--yes",
                        "--config", str(config)))[0] == 0
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The seeded database, made once (four command-line runs) and copied for each test."""
+    folder = tmp_path_factory.mktemp("seeded")
+    asyncio.run(_seed(folder))
+    return folder / "cg.db"
+
+
+def _setup(tmp_path: Path, seeded: Path) -> tuple[Path, Path]:
+    """A fresh copy of the seeded database, and a configuration for it."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    db = tmp_path / "cg.db"
+    for suffix in ("", "-wal", "-shm"):
+        source = seeded.with_name(seeded.name + suffix)
+        if source.exists():
+            shutil.copy(source, db.with_name(db.name + suffix))
+    config = write_config(tmp_path / "config.toml", db_path=db,
+                          twilio_url="http://127.0.0.1:9", port=8080)
     return db, config
 
 
-async def test_an_intact_chain_verifies_and_a_tampered_row_is_named(tmp_path: Path) -> None:
-    db, config = await _setup(tmp_path)
+async def test_an_intact_chain_verifies_and_a_tampered_row_is_named(tmp_path: Path,
+                                                                   seeded: Path) -> None:
+    db, config = _setup(tmp_path, seeded)
     status, out, err = await run_cli("audit", "verify", "--config", str(config))
     assert status == 0, err
     assert f"{JANE}: 4 records, chain intact" in out
@@ -61,14 +86,14 @@ async def test_an_intact_chain_verifies_and_a_tampered_row_is_named(tmp_path: Pa
     assert status == 1 and "BROKEN at record 4: its link to the previous record" in out
 
 
-async def test_a_removed_record_and_a_removed_tail_are_found(tmp_path: Path) -> None:
-    db, config = await _setup(tmp_path)
+async def test_a_removed_record_and_a_removed_tail_are_found(tmp_path: Path,
+                                                             seeded: Path) -> None:
+    db, config = _setup(tmp_path, seeded)
     _sql(db, "DELETE FROM audit_events WHERE campaign = ? AND seq = 4", JANE)
     status, out, _ = await run_cli("audit", "verify", "--config", str(config))
     assert status == 1 and "BROKEN at record 4: the last record(s) (4) are missing" in out
 
-    (tmp_path / "second").mkdir()
-    db2, config2 = await _setup(tmp_path / "second")
+    db2, config2 = _setup(tmp_path / "second", seeded)
     _sql(db2, "DELETE FROM audit_events WHERE campaign = ? AND seq = 2", JANE)
     status, out, _ = await run_cli("audit", "verify", "--config", str(config2))
     assert status == 1
