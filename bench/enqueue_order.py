@@ -29,8 +29,8 @@ from sqlalchemy.dialects import sqlite
 
 from bench._common import seed_subscribers
 from bench.broadcast import seed_tags
-from consentgate.bot.broadcasts import _audience, _eligible
-from consentgate.bot.tags import Segment
+from consentgate.bot.broadcasts import _eligible
+from consentgate.bot.tags import Segment, segment_members
 from consentgate.storage.models import messages, subscription_tags, subscriptions
 from consentgate.testing.harness import JANE, running_gateway
 
@@ -61,10 +61,13 @@ def walk(path: Path, mode: str, segment: Segment) -> tuple[int, float, float, fl
     started, cpu, total = time.perf_counter(), time.process_time(), 0
     if mode == "id":
         for lo in range(0, upper, BATCH):
-            source, conds = _audience(segment, JANE, "sms", lo, lo + BATCH)
+            members = segment_members(segment, JANE, "sms", lo, lo + BATCH)
+            source = s if members is None else s.join(
+                members, s.c.id == members.c.subscription_id)
             db.execute("BEGIN IMMEDIATE")
             total += db.execute(_insert(source, _eligible(JANE, "sms"), s.c.id > lo,
-                                        s.c.id <= lo + BATCH, *conds)).rowcount
+                                        s.c.id <= lo + BATCH, *_probes(segment, s.c.id))
+                                ).rowcount
             db.execute("COMMIT")
     else:
         after = ""

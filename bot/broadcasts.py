@@ -41,7 +41,7 @@ from consentgate.bot.errors import Conflict, Forbidden, InvalidInput, NotFound
 from consentgate.bot.ledger import suppressed_clause
 from consentgate.bot.messages import check_text, iso
 from consentgate.bot.outbox import MessageStatus
-from consentgate.bot.tags import Segment, segment_conditions, segment_filter
+from consentgate.bot.tags import Segment, segment_conditions, segment_members
 from consentgate.storage.db import Database
 from consentgate.storage.models import broadcasts, messages, subscriptions, suppressions
 from consentgate.storage.sql import driving_join
@@ -177,17 +177,6 @@ def _eligible(campaign: str, channel: str) -> Any:
     return and_(s.c.campaign == campaign, s.c.channel == channel,
                 s.c.status == "subscribed", s.c.restricted.is_(False),
                 ~suppressed_clause(s.c.channel, s.c.address_hash, s.c.consented_at))
-
-
-def _audience(segment: Segment, campaign: str, channel: str, lo: int | None = None,
-              hi: int | None = None) -> tuple[Any, list[Any]]:
-    """``subscriptions`` (joined to the segment's members, if it names tags to have) and the
-    segment's other conditions: the FROM and WHERE shared by the count and the enqueue."""
-    s = subscriptions
-    members, conds = segment_filter(segment, campaign, channel, s.c.id, lo, hi)
-    if members is None:
-        return s, conds
-    return s.join(members, s.c.id == members.c.subscription_id), conds
 
 
 async def _hash_boundary(conn: AsyncConnection, channel: str, after: str,
@@ -470,7 +459,7 @@ class BroadcastService:
     async def _enqueue_hashes(self, conn: AsyncConnection, b: Any, after: str,
                               until: str) -> int:
         """Queue the eligible audience with ``after < address_hash <= until``, read through
-        ``ix_subscriptions_hash``; the segment is a test of each row's tag bits.
+        ``ix_subscriptions_hash``.
 
         A person whose address was corrected while the broadcast was being queued has a
         new keyed hash, possibly one the walk has still to reach: whoever already has a
@@ -478,35 +467,36 @@ class BroadcastService:
         written as a count so that PostgreSQL runs it per row, as meant, instead of turning
         it into a join it may read the whole outbox for."""
         s, m = subscriptions, messages
-        now = time.time()
-        in_range = [s.c.channel == b.channel, s.c.address_hash > after,
-                    s.c.address_hash <= until]
-        chosen = select(
-            s.c.campaign, s.c.channel, s.c.address, s.c.address_hash,
-            literal("campaign"), literal(MessageStatus.QUEUED, String), literal(b.id), literal(0),
-            literal(b.created_by), literal(now), literal(now), literal(now),
-        ).where(*in_range, _eligible(b.campaign, b.channel), s.c.id <= b.upper,
-                *await segment_conditions(conn, _segment(b), b.campaign),
-                select(func.count()).where(
-                    m.c.channel == s.c.channel, m.c.address_hash == s.c.address_hash,
-                    m.c.campaign == s.c.campaign, m.c.broadcast_id == b.id
-                ).scalar_subquery() == 0)
-        result = await conn.execute(messages.insert().from_select(
-            ["campaign", "channel", "address", "address_hash", "kind", "status",
-             "broadcast_id", "attempts", "created_by", "created_at", "updated_at",
-             "not_before"], chosen))
-        return int(result.rowcount or 0)
+        return await self._queue(
+            conn, b, s, s.c.channel == b.channel, s.c.address_hash > after,
+            s.c.address_hash <= until,
+            select(func.count()).where(
+                m.c.channel == s.c.channel, m.c.address_hash == s.c.address_hash,
+                m.c.campaign == s.c.campaign, m.c.broadcast_id == b.id
+            ).scalar_subquery() == 0)
 
     async def _enqueue_range(self, conn: AsyncConnection, b: Any, lo: int, hi: int) -> int:
+        """Queue the eligible audience with ``lo < id <= hi``; a segment naming tags to
+        have is read from its tags' holders (:func:`segment_members`)."""
+        s = subscriptions
+        members = segment_members(_segment(b), b.campaign, b.channel, lo, hi)
+        source = s if members is None else s.join(members,
+                                                  s.c.id == members.c.subscription_id)
+        return await self._queue(conn, b, source, s.c.id > lo, s.c.id <= hi)
+
+    async def _queue(self, conn: AsyncConnection, b: Any, source: Any, *where: Any) -> int:
+        """One batch: an outbox row for each eligible subscription of ``source`` in the
+        broadcast's segment (tested on each row, :func:`segment_conditions`) that meets
+        ``where`` and subscribed before the broadcast began (``upper``)."""
         s = subscriptions
         now = time.time()
-        source, conds = _audience(_segment(b), b.campaign, b.channel, lo, hi)
         chosen = select(
             s.c.campaign, s.c.channel, s.c.address, s.c.address_hash,
             literal("campaign"), literal(MessageStatus.QUEUED, String), literal(b.id), literal(0),
             literal(b.created_by), literal(now), literal(now), literal(now),
-        ).select_from(source).where(_eligible(b.campaign, b.channel), s.c.id > lo,
-                                    s.c.id <= hi, *conds)
+        ).select_from(source).where(
+            _eligible(b.campaign, b.channel), s.c.id <= b.upper,
+            *await segment_conditions(conn, _segment(b), b.campaign), *where)
         result = await conn.execute(messages.insert().from_select(
             ["campaign", "channel", "address", "address_hash", "kind", "status",
              "broadcast_id", "attempts", "created_by", "created_at", "updated_at",

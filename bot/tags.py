@@ -60,7 +60,7 @@ __all__ = [
     "add_tags",
     "remove_tags",
     "segment_conditions",
-    "segment_filter",
+    "segment_members",
     "segment_of",
     "tag_names",
     "tags_of",
@@ -129,36 +129,20 @@ def segment_of(tags_any: object = None, tags_all: object = None,
                    tag_names(exclude_tags, "exclude_tags"))
 
 
-def segment_filter(segment: Segment, campaign: str, channel: str, sub_id: Any,
-                   lo: int | None = None, hi: int | None = None) -> tuple[Any, list[Any]]:
-    """The segment as SQL: ``(members, conditions)``. ``members`` is a subquery of the
-    subscription ids with any of ``tags_any`` (or the first of ``tags_all``) to drive the
-    query from, read from ``ix_subscription_tags_segment``, so a narrow segment is found
-    from its tags and not by reading every subscriber; None when the segment names no tag
-    a subscriber must have. ``conditions`` on ``sub_id`` are the rest (each other
-    ``tags_all`` tag, ``exclude_tags``). ``lo < id <= hi`` bounds each tag list too when the
-    caller reads one id range (a batch of the enqueue)."""
+def segment_members(segment: Segment, campaign: str, channel: str, lo: int, hi: int) -> Any:
+    """The subscription ids in ``lo < id <= hi`` with any of ``tags_any`` (or the first of
+    ``tags_all``), read from ``ix_subscription_tags_segment``: what a narrow segment's
+    queueing is driven from, so it reads a tag's holders rather than every subscriber. None
+    when the segment names no tag to have. Who is in the segment is still decided by
+    :func:`segment_conditions`."""
+    tags = segment.tags_any or segment.tags_all[:1]
+    if not tags:
+        return None
     t = subscription_tags
-
-    def having(tags: Sequence[str]) -> Any:
-        where = [t.c.campaign == campaign, t.c.channel == channel, t.c.tag.in_(list(tags))]
-        if lo is not None:
-            where.append(t.c.subscription_id > lo)
-        if hi is not None:
-            where.append(t.c.subscription_id <= hi)
-        return select(t.c.subscription_id).where(*where)
-
-    must = list(segment.tags_all)
-    if segment.tags_any:
-        members = having(segment.tags_any).distinct().subquery("members")
-    elif must:
-        members = having([must.pop(0)]).subquery("members")
-    else:
-        members = None
-    conds = [sub_id.in_(having([tag])) for tag in must]
-    if segment.exclude_tags:
-        conds.append(~sub_id.in_(having(segment.exclude_tags)))
-    return members, conds
+    return (select(t.c.subscription_id)
+            .where(t.c.campaign == campaign, t.c.channel == channel, t.c.tag.in_(list(tags)),
+                   t.c.subscription_id > lo, t.c.subscription_id <= hi)
+            .distinct().subquery("members"))
 
 
 def _has(sub_id: Any, tags: Sequence[str]) -> Any:
