@@ -120,20 +120,17 @@ class Gateway:
         self.mail_tokens = MailTokens(settings.security.secret_key, self.campaigns)
         self.composer = Composer(self.campaigns, settings.server.public_url, self.tokens,
                                  self.mail_tokens)
-        if adapters is None:
-            built = True
-            adapters = {(c.slug, ch): build_adapter(settings, c, ch)
-                        for c in settings.campaigns for ch in c.channels()}
-        else:
-            built = False
-        self.adapters = dict(adapters)
+        def build_all() -> dict[tuple[str, str], ChannelAdapter]:
+            return {(c.slug, ch): build_adapter(settings, c, ch)
+                    for c in settings.campaigns for ch in c.channels()}
+
+        self.adapters = build_all() if adapters is None else dict(adapters)
         self.dispatch_thread = dispatch_thread
         #: The dispatcher's database and adapters: the web's own, unless it runs on a loop
         #: of its own (connections and sessions belong to the loop that opened them).
         self.dispatch_db = self.db.for_another_loop() if dispatch_thread else self.db
-        self.dispatch_adapters = self.adapters if not (dispatch_thread and built) else {
-            (c.slug, ch): build_adapter(settings, c, ch)
-            for c in settings.campaigns for ch in c.channels()}
+        self.dispatch_adapters = (build_all() if dispatch_thread and adapters is None
+                                  else self.adapters)
         dispatch_db = self.dispatch_db
         # On PostgreSQL several processes share each sender: its budget lives in the database.
         pacer_factory = None if self.db.is_sqlite else (
