@@ -481,7 +481,9 @@ class DispatchThread:
     turn per await (docs/benchmarks.md, section 3). The dispatcher's database engine and
     adapters must be its own (``gateway.Gateway(dispatch_thread=True)`` builds them):
     connections and sessions belong to the loop that opened them. Its scheduler, if any,
-    stays on the caller's loop, which also serves the requests that wake it.
+    stays on the caller's loop, which also serves the requests that wake it. Its loop stands
+    aside between turns while the web server's loop applies a person's change
+    (:class:`consentgate.storage.db.Precedence`): the two threads share one interpreter lock.
 
     ``close`` runs on the dispatcher's loop after it has stopped (its adapters' sessions and
     its engine are closed where they were opened).
@@ -515,10 +517,18 @@ class DispatchThread:
             else:
                 finished.set_exception(error)
 
+        precedence = self.dispatcher.db.precedence
+
+        def new_loop() -> asyncio.AbstractEventLoop:
+            # Stands aside between turns while a person's change is applied on the web
+            # server's loop (storage.db.Precedence).
+            return asyncio.SelectorEventLoop(precedence.selector())
+
         def main() -> None:
             error: BaseException | None = None
             try:
-                asyncio.run(self._dispatch())
+                with asyncio.Runner(loop_factory=new_loop) as runner:
+                    runner.run(self._dispatch())
             except BaseException as exc:  # handed to the waiting loop
                 error = exc
             with contextlib.suppress(RuntimeError):  # the waiting loop has closed

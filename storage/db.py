@@ -21,9 +21,11 @@ import contextlib
 import fcntl
 import functools
 import os
+import selectors
 import threading
+import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,7 +36,8 @@ from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-__all__ = ["CHECKPOINT_EVERY", "Database", "DatabaseBusy", "WriteTurns"]
+__all__ = ["CHECKPOINT_EVERY", "PRECEDENCE_LIMIT", "Database", "DatabaseBusy", "Precedence",
+           "WriteTurns"]
 
 T = TypeVar("T")
 
@@ -189,14 +192,99 @@ class WriteTurns:
         return None
 
 
+#: The longest the dispatcher's loop stands aside for people's changes in a row (seconds):
+#: long enough for a STOP's transaction, short enough that a flood of STOPs, or a change
+#: waiting for a row the dispatcher has locked (PostgreSQL), cannot stop it for long.
+PRECEDENCE_LIMIT = 0.025
+
+
+class Precedence:
+    """A person's change first, across threads: while one is being applied
+    (:meth:`Database.write_now`), the dispatcher's event loop, on a thread of its own, waits
+    between its turns (:meth:`selector`).
+
+    The two threads share one interpreter lock. A STOP's transaction gives it up at every
+    statement (the driver lets it go while the database works) and then waits for the busy
+    dispatcher to hand it back, up to the switch interval each time: a dozen statements
+    added 10 to 30 ms during a full-speed broadcast (docs/benchmarks.md, section 3). A loop
+    that waits does not take the lock. It waits at most :data:`PRECEDENCE_LIMIT` from the
+    first change of a run of them, then goes on until none is being applied.
+    """
+
+    def __init__(self, limit: float = PRECEDENCE_LIMIT) -> None:
+        self.limit = limit
+        self._changed = threading.Condition(threading.Lock())
+        self._applying = 0
+        self._since = 0.0
+        self._aside = 0
+
+    @property
+    def standing_aside(self) -> int:
+        """How many loops are waiting now (for tests and diagnostics)."""
+        with self._changed:
+            return self._aside
+
+    @contextlib.contextmanager
+    def applying(self) -> Iterator[None]:
+        """Hold while a person's change is being applied."""
+        with self._changed:
+            if self._applying == 0:
+                self._since = time.monotonic()
+            self._applying += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._applying -= 1
+                if self._applying == 0:
+                    self._changed.notify_all()
+
+    def stand_aside(self) -> float:
+        """Wait while a change is being applied, within the limit; return the time waited."""
+        if not self._applying:  # unlocked read: at worst one loop turn early or late
+            return 0.0
+        started = time.monotonic()
+        with self._changed:
+            self._aside += 1
+            try:
+                while self._applying:
+                    left = self._since + self.limit - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._changed.wait(left)
+            finally:
+                self._aside -= 1
+        return time.monotonic() - started
+
+    def selector(self) -> selectors.BaseSelector:
+        """A selector for the dispatcher's event loop
+        (``asyncio.SelectorEventLoop(precedence.selector())``) that stands aside before
+        each poll, that is between two turns of the loop."""
+        return _StandingAsideSelector(self)
+
+
+class _StandingAsideSelector(selectors.DefaultSelector):
+    def __init__(self, precedence: Precedence) -> None:
+        super().__init__()
+        self._precedence = precedence
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        waited = self._precedence.stand_aside()
+        if waited and timeout is not None:
+            timeout = max(0.0, timeout - waited)  # timers keep their time
+        return super().select(timeout)
+
+
 class Database:
     """One engine and the two kinds of transaction the services use."""
 
     def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False,
-                 turns: WriteTurns | None = None) -> None:
-        """``turns``: another :class:`Database`'s write turns, to share (see
+                 turns: WriteTurns | None = None,
+                 precedence: Precedence | None = None) -> None:
+        """``turns``, ``precedence``: another :class:`Database`'s, to share (see
         :meth:`for_another_loop`)."""
         self.url = url
+        self.precedence = precedence or Precedence()
         self.pool_size = pool_size
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
@@ -230,8 +318,11 @@ class Database:
         connections belong to the loop that opened them (asyncpg's outright; aiosqlite's and
         SQLAlchemy's pool waits through that loop's futures), so each loop needs an engine of
         its own. On SQLite both share the write turns, so the file's one write lock is
-        still taken in order, a person's change first. Engines connect only when first used."""
-        return Database(self.url, pool_size=self.pool_size, turns=self.turns)
+        still taken in order, a person's change first; on both, the other loop stands aside
+        while a person's change is applied (:class:`Precedence`). Engines connect only when
+        first used."""
+        return Database(self.url, pool_size=self.pool_size, turns=self.turns,
+                        precedence=self.precedence)
 
     @asynccontextmanager
     async def write(self, *, bulk: bool = False) -> AsyncIterator[AsyncConnection]:
@@ -288,28 +379,34 @@ class Database:
         its own each hand-over also waits for the interpreter lock. While another process
         holds SQLite's lock it is an ordinary :meth:`write`. Only ``execute``, ``run_sync``
         and ``dialect`` of the connection are there; the opt-out path needs no more.
+
+        While it runs, a dispatcher on another loop of this process stands aside
+        (:class:`Precedence`); on SQLite only once the write turn is ours, so it never stands
+        aside holding the turn this change waits for.
         """
         if self._sync_url is None or self.turns is None:
-            async with self.write() as conn:
-                yield conn
+            with self.precedence.applying():
+                async with self.write() as conn:
+                    yield conn
             return
         await self.turns.acquire(bulk=False)
         try:
-            with self._loop_connection() as sync_conn:
-                try:
-                    transaction: Any = sync_conn.begin()
-                except OperationalError as exc:
-                    if not _locked(exc):
-                        raise
-                    transaction = None
-                if transaction is not None:
-                    with transaction:
-                        yield cast(AsyncConnection, _Immediate(sync_conn))
-            if transaction is None:
-                async with self.engine.begin() as conn:
-                    yield conn
-            else:
-                self._committed_on_loop()
+            with self.precedence.applying():
+                with self._loop_connection() as sync_conn:
+                    try:
+                        transaction: Any = sync_conn.begin()
+                    except OperationalError as exc:
+                        if not _locked(exc):
+                            raise
+                        transaction = None
+                    if transaction is not None:
+                        with transaction:
+                            yield cast(AsyncConnection, _Immediate(sync_conn))
+                if transaction is None:
+                    async with self.engine.begin() as conn:
+                        yield conn
+                else:
+                    self._committed_on_loop()
         finally:
             self.turns.release()
 

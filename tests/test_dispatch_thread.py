@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from consentgate.storage.db import Precedence
 from consentgate.testing.harness import running_gateway
 from consentgate.testing.waiting import eventually
 from tests.dbutil import rows
@@ -68,3 +69,78 @@ async def test_a_stop_is_answered_only_once_a_send_on_the_wire_to_that_person_is
                    if e.event == "opted_out"]
         [m] = await rows(gw.db, "messages", address=VOTER)
         assert m.dispatched_at < opted.at  # admitted before the opt-out committed
+
+
+class _LoopThread:
+    """An event loop on a thread of its own with a :class:`Precedence` selector, as the
+    dispatcher's is."""
+
+    def __init__(self, precedence: Precedence) -> None:
+        self.loop = asyncio.SelectorEventLoop(precedence.selector())
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> _LoopThread:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+async def _when_standing_aside(precedence: Precedence, loop: asyncio.AbstractEventLoop,
+                               ) -> None:
+    loop.call_soon_threadsafe(lambda: None)  # one more turn, then the loop polls again
+
+    async def aside() -> bool:
+        return precedence.standing_aside == 1
+
+    await eventually(aside, what="the loop standing aside")
+
+
+async def test_a_loop_with_the_precedence_selector_waits_while_a_person_s_change_is_applied(
+        ) -> None:
+    """Nothing runs on the other loop while a change is being applied (within the limit),
+    and it goes on as soon as the change is done."""
+    precedence = Precedence(limit=60.0)
+    ran = threading.Event()
+    with _LoopThread(precedence) as other:
+        with precedence.applying():
+            await _when_standing_aside(precedence, other.loop)
+            other.loop.call_soon_threadsafe(ran.set)
+            assert not await asyncio.to_thread(ran.wait, 0.3)  # held while applying
+        assert await asyncio.to_thread(ran.wait, 10)
+        assert precedence.standing_aside == 0
+
+
+async def test_the_other_loop_stands_aside_at_most_the_limit_however_long_a_change_takes(
+        ) -> None:
+    """A change that takes long (or waits for a row the other loop has locked) cannot stop
+    the other loop for more than the limit; overlapping changes count as one run."""
+    precedence = Precedence(limit=0.2)
+    ran = threading.Event()
+    with _LoopThread(precedence) as other, precedence.applying():
+        started = time.monotonic()
+        with precedence.applying():  # a second, overlapping change
+            await _when_standing_aside(precedence, other.loop)
+            other.loop.call_soon_threadsafe(ran.set)
+            assert await asyncio.to_thread(ran.wait, 10)  # went on while still applying
+        assert time.monotonic() - started >= 0.2 - 0.01
+        assert precedence.standing_aside == 0
+
+
+async def test_serve_s_dispatcher_thread_stands_aside_while_a_stop_is_applied(
+        db_url: str) -> None:
+    """The dispatcher's loop on its own thread waits while the web loop applies a person's
+    change (the gateway shares one Precedence between the two), then sends as before."""
+    async with running_gateway(db_url, dispatch_thread=True) as gw:
+        await gw.subscribe(VOTER)
+        precedence = gw.gateway.db.precedence
+        assert gw.gateway.dispatch_db.precedence is precedence
+        loop = gw.gateway.dispatcher.loop
+        assert loop is not None
+        with precedence.applying():
+            await _when_standing_aside(precedence, loop)
+        await gw.send_and_wait(VOTER, "Polling day is Thursday")
+        assert [sms.to for sms in gw.twilio.messages] == [VOTER]
