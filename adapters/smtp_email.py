@@ -21,12 +21,17 @@ server may already have queued the message, so it is not resent but reported as
 from __future__ import annotations
 
 import asyncio
+import binascii
+import email.charset
 import email.message
 import email.policy
 import email.utils
+import functools
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.mime.text import MIMEText
 from typing import Any
 
 import aiosmtplib
@@ -75,34 +80,101 @@ _OWN_HEADERS = frozenset(
 )
 
 _MAX_LINE = 998  # RFC 5322 2.1.1, excluding CRLF
+_BODY_LINE = 78  # longer body lines are sent quoted-printable or base64 (RFC 5322 2.1.1)
+
+#: Every character str.splitlines() breaks at: any of them in a header value would end the
+#: header (or look as if it did to some reader) and start a forged one.
+_LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+#: RFC 5322 2.2: printable US-ASCII except the colon.
+_FIELD_NAME = re.compile(r"[!-9;-~]+")
+
+# The modern policy, used only for the header values the fast path below does not take.
+_MODERN = email.policy.EmailPolicy(linesep="\r\n", cte_type="7bit")
+_MODERN_UTF8 = email.policy.EmailPolicy(linesep="\r\n", utf8=True)
+_MODERN_LONG = _MODERN.clone(max_line_length=_MAX_LINE)
 
 
-class _OutboundPolicy(email.policy.EmailPolicy):
-    """``email.policy.SMTP`` with one change to header folding.
+class _OutboundPolicy(email.policy.Compat32):
+    """The legacy ``compat32`` policy, which stores header values as the strings given,
+    with a header writer mail clients can read.
 
-    The standard policy folds any header with a word longer than 78 characters by turning it
-    into RFC 2047 encoded words, so ``List-Unsubscribe: <https://.../u/TOKEN>`` becomes
-    ``=?utf-8?q?=3Chttps=3A//...?=``, which mail clients do not decode in that field and so
-    cannot unsubscribe with. An all-ASCII value is folded only at whitespace and only past
-    998 characters (the hard limit); non-ASCII values (a subject with accents) are encoded
-    and folded as usual.
+    Most of the cost of building a message with ``EmailMessage`` is its header registry
+    parsing every value into objects, and a bulk message sets a dozen. Here a value that is
+    ASCII and fits on one line of 998 characters (RFC 5322's hard limit) is written exactly as
+    given; so is ``List-Unsubscribe: <https://.../u/TOKEN>``, which both compat32's
+    folding at 78 and the modern policy's encoded words (``=?utf-8?q?=3Chttps...``) would
+    make unusable to the clients that read it. Any other value, a subject with accents, an
+    address with a non-ASCII display name, a value too long for one line, goes through the
+    modern policy, which parses it by kind (address list, unstructured text) and encodes
+    only what must be (RFC 2047 words, or raw UTF-8 under SMTPUTF8).
     """
 
-    def fold(self, name: str, value: str) -> str:
-        if str(value).isascii() and self.max_line_length != _MAX_LINE:
-            return str(self.clone(max_line_length=_MAX_LINE).fold(name, value))
-        return str(super().fold(name, value))
+    mangle_from_ = False  # compat32's default turns a body line "From ..." into ">From ..."
+    #: internationalised addresses: headers in raw UTF-8 (the message goes with SMTPUTF8)
+    utf8 = False
 
-    def fold_binary(self, name: str, value: str) -> bytes:
-        if str(value).isascii() and self.max_line_length != _MAX_LINE:
-            return bytes(self.clone(max_line_length=_MAX_LINE).fold_binary(name, value))
-        return super().fold_binary(name, value)
+    def fold(self, name: str, value: Any) -> str:
+        text = str(value)
+        if text.isascii():
+            if len(name) + 2 + len(text) <= _MAX_LINE:
+                return f"{name}: {text}{self.linesep}"
+            modern = _MODERN_LONG
+        else:
+            modern = _MODERN_UTF8 if self.utf8 else _MODERN
+        if modern.linesep != self.linesep:
+            modern = modern.clone(linesep=self.linesep)
+        return str(modern.header_factory(name, text).fold(policy=modern))
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        return self.fold(name, value).encode("utf-8" if self.utf8 else "ascii")
+
+
+class _OutboundUtf8Policy(_OutboundPolicy):
+    """For internationalised addresses only: the message goes with SMTPUTF8."""
+
+    utf8 = True
 
 
 # cte_type="7bit": bodies are quoted-printable or base64 when not plain ASCII, so no server
-# needs 8BITMIME. utf8=True only for internationalised addresses (sent with SMTPUTF8).
+# needs 8BITMIME; under SMTPUTF8 (which implies 8BITMIME) a non-ASCII body may go as 8bit.
 _POLICY = _OutboundPolicy(linesep="\r\n", cte_type="7bit")
-_POLICY_UTF8 = _OutboundPolicy(linesep="\r\n", utf8=True)
+_POLICY_UTF8 = _OutboundUtf8Policy(linesep="\r\n", cte_type="8bit")
+
+
+def _utf8_charset(body_encoding: int | None) -> email.charset.Charset:
+    charset = email.charset.Charset("utf-8")
+    charset.body_encoding = body_encoding  # type: ignore[assignment]  # None: as is
+    return charset
+
+
+# The body's transfer encoding follows from the charset's body encoding (legacy API).
+_AS_IS = _utf8_charset(None)  # 7bit; 8bit for non-ASCII under SMTPUTF8
+_QUOTED_PRINTABLE = _utf8_charset(email.charset.QP)
+_BASE64 = _utf8_charset(email.charset.BASE64)
+
+
+def _body(text: str, *, eight_bit: bool) -> tuple[str, email.charset.Charset]:
+    """The text with its line ends normalised, and the charset that encodes it the way
+    ``EmailMessage.set_content`` would choose: as is when every line is short enough and
+    ASCII (or 8-bit is allowed), otherwise quoted-printable or base64, whichever is shorter
+    on the first ten lines."""
+    lines = text.encode().splitlines()
+    body = (b"\n".join(lines) + b"\n").decode()
+    if max(map(len, lines), default=0) <= _BODY_LINE and (eight_bit or body.isascii()):
+        return body, _AS_IS
+    sniff = b"\r\n".join(lines[:10]) + b"\r\n"
+    if len(binascii.b2a_qp(sniff)) > len(binascii.b2a_base64(sniff)):
+        # Text in canonical form has CRLF line ends (RFC 2046 4.1.1); base64 keeps what it
+        # is given, where the generator writes a "\n" of the other encodings as CRLF.
+        return body.replace("\n", "\r\n"), _BASE64
+    return body, _QUOTED_PRINTABLE
+
+
+def _text_part(text: str, subtype: str, policy: _OutboundPolicy) -> MIMEText:
+    body, charset = _body(text, eight_bit=policy.utf8)
+    part = MIMEText(body, subtype, charset, policy=policy)  # type: ignore[arg-type]
+    del part["MIME-Version"]  # MIMEText puts one on every part; it belongs on the message
+    return part
 
 
 @dataclass(frozen=True)
@@ -129,46 +201,76 @@ def normalise_address(raw: str) -> str:
     return validated.normalized.lower()
 
 
+@functools.lru_cache(maxsize=64)
 def _bare_address(value: str) -> str:
-    """The addr-spec of ``value``, which may be ``Name <addr>`` or a bare address."""
+    """The addr-spec of ``value``, which may be ``Name <addr>`` or a bare address (cached:
+    every message asks it of the same From address)."""
     _, addr = email.utils.parseaddr(value)
     if "@" not in addr:
         raise ValueError(f"not an email address: {value!r}")
     return addr
 
 
+_NOT_IN_MSGID = re.compile(r"[^A-Za-z0-9_.-]")
+
+
 def _msgid_tag(message_id: str) -> str | None:
     # Our own id inside the Message-ID eases tracing a delivery back to the outbox.
-    return re.sub(r"[^A-Za-z0-9_.-]", "", message_id)[:64] or None
+    return _NOT_IN_MSGID.sub("", message_id)[:64] or None
+
+
+def _boundary(parts: list[MIMEText]) -> str:
+    # "=_" cannot occur in quoted-printable or base64 text (RFC 2045 6.7); a part sent as
+    # is is checked, instead of the generator compiling a regular expression per message.
+    while True:
+        boundary = f"=_{secrets.token_hex(16)}"
+        if not any(boundary in str(part.get_payload()) for part in parts):
+            return boundary
 
 
 def build_message(
     message: OutboundMessage, from_address: str, *, message_id_domain: str
-) -> email.message.EmailMessage:
-    """Build the MIME message for ``message``.
+) -> email.message.Message:
+    """Build the MIME message for ``message``, with the legacy (``compat32``) API, whose
+    headers are plain strings: see :class:`_OutboundPolicy` for how they are written.
 
     ``text/plain`` alone, or ``multipart/alternative`` with the HTML when there is some.
     From, To, Subject (``(no subject)`` when empty), Date and a fresh Message-ID are set
     here; every header in ``message.headers`` (List-Unsubscribe, List-Unsubscribe-Post,
     List-Id ...) is added as given. Raises :class:`ValueError` for a header that would
-    replace one of ours or that contains a line break.
+    replace one of ours, a header name that is not one, or a value with a line break
+    (header injection).
     """
     needs_utf8 = not (message.address.isascii() and _bare_address(from_address).isascii())
-    msg = email.message.EmailMessage(policy=_POLICY_UTF8 if needs_utf8 else _POLICY)
-    msg["From"] = from_address
-    msg["To"] = message.address
-    msg["Subject"] = message.subject or "(no subject)"
-    msg["Date"] = email.utils.format_datetime(datetime.now(UTC))
-    msg["Message-ID"] = email.utils.make_msgid(
-        idstring=_msgid_tag(message.message_id), domain=message_id_domain
-    )
+    policy = _POLICY_UTF8 if needs_utf8 else _POLICY
+    headers = [
+        ("From", from_address),
+        ("To", message.address),
+        ("Subject", message.subject or "(no subject)"),
+        ("Date", email.utils.format_datetime(datetime.now(UTC))),
+        ("Message-ID", email.utils.make_msgid(idstring=_msgid_tag(message.message_id),
+                                              domain=message_id_domain)),
+    ]
     for name, value in message.headers.items():
         if name.lower() in _OWN_HEADERS:
             raise ValueError(f"header {name!r} is set by build_message")
-        msg[name] = value  # the header registry refuses CR/LF (header injection)
-    msg.set_content(message.text)
+        if not _FIELD_NAME.fullmatch(name):
+            raise ValueError(f"not a header name: {name!r}")
+        headers.append((name, value))
+    msg = email.message.Message(policy=policy)
+    for name, value in headers:
+        if _LINE_BREAK.search(value):
+            raise ValueError(f"header {name!r} contains a line break")
+        msg[name] = value
     if message.html:
-        msg.add_alternative(message.html, subtype="html")
+        parts = [_text_part(message.text, "plain", policy),
+                 _text_part(message.html, "html", policy)]
+        msg["MIME-Version"] = "1.0"
+        msg["Content-Type"] = f'multipart/alternative; boundary="{_boundary(parts)}"'
+        for part in parts:
+            msg.attach(part)
+    else:
+        msg.set_payload(*_body(message.text, eight_bit=needs_utf8))
     return msg
 
 

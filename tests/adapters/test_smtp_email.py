@@ -26,6 +26,7 @@ from consentgate.adapters.base import (
     InboundEvent,
     OutboundMessage,
     OutcomeUnknown,
+    PermanentSendError,
     Permit,
     PermitError,
     RecipientRefused,
@@ -35,7 +36,7 @@ from consentgate.adapters.base import (
 )
 from consentgate.adapters.smtp_email import DkimKey, SmtpEmail, build_message, normalise_address
 from consentgate.adapters.smtp_inbound import InboundMailServer, parse_inbound_mail
-from consentgate.testing.fakes.smtp_server import SmtpSink
+from consentgate.testing.fakes.smtp_server import ReceivedMail, SmtpSink
 
 FROM = "Jane Doe <jane@example.org>"
 DOMAIN = "mail.example.org"
@@ -94,6 +95,22 @@ async def make_adapter() -> AsyncIterator[Callable[..., SmtpEmail]]:
     yield make
     for adapter in adapters:
         await adapter.close()
+
+
+Deliver = Callable[..., Awaitable[ReceivedMail]]
+
+
+@pytest.fixture
+def deliver(sink: SmtpSink, make_adapter: Callable[..., SmtpEmail]) -> Deliver:
+    """Send one message through a new adapter (``options`` configure it) and return it as
+    the relay received it."""
+
+    async def one(message: OutboundMessage, **options: object) -> ReceivedMail:
+        await send(make_adapter(sink.port, **options), message)
+        [mail] = await sink.wait_for(1)
+        return mail
+
+    return one
 
 
 def free_port() -> int:
@@ -189,6 +206,7 @@ async def test_html_makes_a_multipart_alternative_with_the_text_first(
     assert html.get_content_type() == "text/html"
     assert "<b>Thursday</b>" in html.get_content()
     assert mail.content.isascii()  # no 8BITMIME needed anywhere
+    assert mail.message["MIME-Version"] == "1.0"
 
 
 async def test_envelope_sender_is_the_verp_bounce_address_or_else_the_from_address(
@@ -212,6 +230,136 @@ def test_a_header_cannot_replace_ours_or_smuggle_a_line_break() -> None:
     with pytest.raises(ValueError):
         build_message(outbound(headers={"List-Id": "x\r\nBcc: all@example.com"}), FROM,
                       message_id_domain="example.org")
+
+
+async def test_the_unsubscribe_header_goes_byte_for_byte_on_one_line(
+    deliver: Deliver,
+) -> None:
+    # 180 characters with a ", " a folding writer would break at: mail clients read the
+    # one-click URL from this line, and some do not unfold it.
+    value = CAMPAIGN_HEADERS["List-Unsubscribe"]
+    assert len(value) > 78 and ", " in value
+
+    mail = await deliver(outbound())
+
+    assert f"\r\nList-Unsubscribe: {value}\r\n".encode() in mail.content
+
+
+async def test_every_line_ends_with_crlf_and_fits_the_998_character_limit(
+    deliver: Deliver,
+) -> None:
+    long_word = "x" * 1500
+    note = " ".join(["note"] * 400)
+
+    mail = await deliver(outbound(text=f"{long_word}\nCafé", html=f"<p>{long_word}</p>",
+                                  headers={**CAMPAIGN_HEADERS, "X-Campaign-Note": note}))
+
+    lines = mail.content.split(b"\r\n")
+    assert not any(b"\n" in line or b"\r" in line for line in lines)
+    assert max(len(line) for line in lines) <= 998
+    plain, html = mail.message.iter_parts()
+    assert plain.get_content().splitlines() == [long_word, "Café"]
+    assert html.get_content().splitlines() == [f"<p>{long_word}</p>"]
+    assert mail.message["X-Campaign-Note"] == note
+
+
+async def test_a_long_accented_subject_is_encoded_words_folded_at_78_and_reads_back(
+    deliver: Deliver,
+) -> None:
+    subject = ("Élection : le scrutin a lieu jeudi, n'oubliez pas votre pièce d'identité "
+               "et votre carte électorale, s'il vous plaît")
+
+    mail = await deliver(outbound(subject=subject))
+
+    assert mail.content.isascii()
+    head = mail.content.split(b"\r\n\r\n", 1)[0].decode()
+    subject_lines = re.search(r"^Subject: .*?(?=^\S)", head, re.MULTILINE | re.DOTALL)
+    assert subject_lines is not None
+    folded = subject_lines[0].split("\r\n")[:-1]
+    assert len(folded) > 1 and all(len(line) <= 78 for line in folded)
+    assert "=?utf-8?" in subject_lines[0]
+    assert mail.message["Subject"] == subject
+
+
+async def test_an_empty_subject_is_sent_as_no_subject(deliver: Deliver) -> None:
+    mail = await deliver(outbound(subject=""))
+
+    assert mail.message["Subject"] == "(no subject)"
+
+
+async def test_a_non_ascii_sender_name_is_encoded_and_the_addresses_stay_readable(
+    deliver: Deliver,
+) -> None:
+    sender = "José Pérez <jose@example.org>"
+    reply_to = f"{sender}, reply+R1@mail.example.org"
+
+    mail = await deliver(outbound(headers={**CAMPAIGN_HEADERS, "Reply-To": reply_to}),
+                         from_address=sender)
+
+    assert mail.content.isascii()
+    assert mail.content.startswith(
+        b"From: =?utf-8?q?Jos=C3=A9_P=C3=A9rez?= <jose@example.org>\r\n")
+    [parsed] = mail.message["From"].addresses
+    assert (parsed.display_name, parsed.addr_spec) == ("José Pérez", "jose@example.org")
+    assert [a.addr_spec for a in mail.message["Reply-To"].addresses] == [
+        "jose@example.org", "reply+R1@mail.example.org"]
+
+
+async def test_a_body_in_another_script_is_base64_and_reads_back_line_for_line(
+    deliver: Deliver,
+) -> None:
+    text = "Η ψηφοφορία είναι την Πέμπτη.\nΤα εκλογικά τμήματα ανοίγουν στις 7."
+
+    mail = await deliver(outbound(text=text))
+
+    assert mail.content.isascii()
+    assert mail.message["Content-Transfer-Encoding"] == "base64"
+    # canonical text: CRLF line ends inside the encoding too (RFC 2046 4.1.1)
+    assert mail.message.get_content() == text.replace("\n", "\r\n") + "\r\n"
+
+
+async def test_a_body_line_beginning_with_from_is_not_changed(deliver: Deliver) -> None:
+    mail = await deliver(outbound(text="Thursday.\nFrom 7am the polls are open."))
+
+    assert b"\r\nFrom 7am the polls are open.\r\n" in mail.content
+    assert b">From" not in mail.content
+
+
+@pytest.mark.parametrize("field", ["subject", "address", "header", "from"])
+@pytest.mark.parametrize("brk", ["\r\n", "\n", "\r", "\u2028"])
+def test_a_line_break_in_any_header_value_is_refused(field: str, brk: str) -> None:
+    injected = f"x@example.com{brk}Bcc: all@example.com"
+    message, sender = outbound(), FROM
+    if field == "subject":
+        message = outbound(subject=injected)
+    elif field == "address":
+        message = outbound(address=injected)
+    elif field == "header":
+        message = outbound(headers={**CAMPAIGN_HEADERS, "List-Id": injected})
+    else:
+        sender = f"Jane <jane@example.org>{brk}Bcc: all@example.com"
+
+    with pytest.raises(ValueError, match="line break"):
+        build_message(message, sender, message_id_domain="example.org")
+
+
+@pytest.mark.parametrize("name", ["X-Note\r\nBcc", "X-Note: x", "X Note", "", "X-Nöte"])
+def test_a_header_name_that_is_not_one_is_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="not a header name"):
+        build_message(outbound(headers={name: "value"}), FROM,
+                      message_id_domain="example.org")
+
+
+async def test_a_message_with_a_line_break_in_a_header_never_reaches_the_relay(
+    sink: SmtpSink, make_adapter: Callable[..., SmtpEmail]
+) -> None:
+    adapter = make_adapter(sink.port)
+
+    with pytest.raises(PermanentSendError) as refused:
+        await send(adapter, outbound(subject="Polling day\r\nBcc: all@example.com"))
+
+    assert refused.value.reason == "invalid_message"
+    assert sink.connections == 0 and sink.received == []
 
 
 async def test_sender_key_names_the_relay_account() -> None:
@@ -480,6 +628,35 @@ async def test_dkim_signature_verifies_and_covers_one_click_unsubscribe(
     signed = {name.strip() for name in h_tag[1].split(":")}
     assert {"from", "to", "subject", "date", "message-id", "list-unsubscribe",
             "list-unsubscribe-post", "list-id"} <= signed
+
+
+async def test_dkim_verifies_over_encoded_headers_and_both_body_parts(
+    deliver: Deliver, rsa_key: tuple[bytes, bytes]
+) -> None:
+    private, public = rsa_key
+    subject = "Élection : le scrutin a lieu jeudi, n'oubliez pas votre pièce d'identité"
+
+    mail = await deliver(outbound(subject=subject, text="Café ouvert.\n" + "x" * 200,
+                                  html="<p>Café <b>ouvert</b>.</p>"),
+                         from_address="José Pérez <jose@example.org>",
+                         dkim=DkimKey("cg2024", "example.org", private))
+
+    assert dkim.verify(mail.content, dnsfunc=dns_with(public))
+    assert mail.message["Subject"] == subject
+    tampered = mail.content.replace(b"ouvert", b"ferm\xc3\xa9")
+    assert not dkim.verify(tampered, dnsfunc=dns_with(public))
+
+
+async def test_dkim_verifies_a_message_to_an_internationalised_address(
+    deliver: Deliver, rsa_key: tuple[bytes, bytes]
+) -> None:
+    private, public = rsa_key
+
+    mail = await deliver(outbound(address="jösé@exämple.com", subject="Élection",
+                                  text="Café ouvert."),
+                         dkim=DkimKey("cg2024", "example.org", private))
+
+    assert dkim.verify(mail.content, dnsfunc=dns_with(public))
 
 
 async def test_dkim_fails_when_the_unsubscribe_post_header_is_altered(
@@ -784,6 +961,18 @@ async def test_an_internationalised_address_is_sent_with_smtputf8(
     [mail] = await sink.wait_for(1)
     assert mail.rcpt_tos == ("jösé@exämple.com",)
     assert mail.message["To"] == "jösé@exämple.com"
+    assert "\r\nTo: jösé@exämple.com\r\n".encode() in mail.content
+
+
+async def test_under_smtputf8_an_accented_subject_and_body_go_as_utf_8(
+    deliver: Deliver,
+) -> None:
+    mail = await deliver(outbound(address="jösé@exämple.com", subject="Élection jeudi",
+                                  text="Café ouvert."))
+
+    assert "\r\nSubject: Élection jeudi\r\n".encode() in mail.content
+    assert mail.message["Content-Transfer-Encoding"] == "8bit"
+    assert mail.message.get_content().splitlines() == ["Café ouvert."]
 
 
 async def test_close_releases_connections_and_a_later_send_reconnects(
