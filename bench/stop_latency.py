@@ -9,7 +9,7 @@ only the fake and the client run here, as in production, where the provider is e
 with ``--client-process`` the STOPs are sent from a process of their own, so their timing
 does not include the delays of the loop that runs the fake.
 
-    .venv/bin/python -m bench.stop_latency [--n 20000] [--stops 300] [--backend sqlite|postgres]
+    .venv/bin/python -m bench.stop_latency [--n 50000] [--stops 300] [--backend sqlite|postgres]
                                            [--gateway-process] [--workers N] [--client-process]
 """
 
@@ -227,11 +227,13 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="STOP webhook latency during a broadcast")
-    parser.add_argument("--n", type=int, default=20_000, help="subscribed recipients")
+    parser.add_argument("--n", type=int, default=50_000,
+                        help="subscribed recipients (enough that every STOP lands while the "
+                             "broadcast is still going at 2,000 msgs/s)")
     parser.add_argument("--stops", type=int, default=300, help="STOPs in each phase")
     parser.add_argument("--spacing-ms", type=float, default=50.0,
                         help="gap between STOPs (both phases); 300 x 50 ms fits well inside "
-                             "a 20,000-message broadcast")
+                             "a 50,000-message broadcast")
     parser.add_argument("--timeout", type=float, default=110.0,
                         help="give up on the broadcast after this many seconds")
     parser.add_argument("--gateway-process", action="store_true",
