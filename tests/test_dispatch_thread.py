@@ -144,3 +144,18 @@ async def test_serve_s_dispatcher_thread_stands_aside_while_a_stop_is_applied(
             await _when_standing_aside(precedence, loop)
         await gw.send_and_wait(VOTER, "Polling day is Thursday")
         assert [sms.to for sms in gw.twilio.messages] == [VOTER]
+
+
+async def test_an_opt_out_s_transaction_is_what_makes_the_dispatcher_stand_aside(
+        db_url: str) -> None:
+    """``write_now``, the opt-out's transaction, holds the precedence for as long as it is
+    open: the dispatcher's loop stands aside inside it and goes on once it has committed."""
+    async with running_gateway(db_url, dispatch_thread=True) as gw:
+        await gw.subscribe(VOTER)
+        precedence = gw.gateway.db.precedence
+        loop = gw.gateway.dispatcher.loop
+        assert loop is not None
+        async with gw.gateway.db.write_now():
+            await _when_standing_aside(precedence, loop)
+        await gw.send_and_wait(VOTER, "Polling day is Thursday")
+        assert precedence.standing_aside == 0
