@@ -209,9 +209,10 @@ class UnsubscribeService:
 
     async def unsubscribe(self, token: str, *, method: str) -> UnsubscribeView:
         """POST: opt out at once (and cancel the address's queued mail of the campaign);
-        returns after the change has committed. Repeating it changes nothing more."""
+        returns after the change has committed. Repeating it changes nothing more. A
+        person's change: written as an SMS STOP is (:meth:`Database.write_now`)."""
         campaign, channel, ahash = self._link_subject(token)
-        async with self.db.write() as conn:
+        async with self.db.write_now() as conn:
             address = await _address_of(conn, campaign.slug, channel, ahash)
             if address is not None:
                 await self._opt_out(conn, campaign.slug, channel, address, method=method,
@@ -305,7 +306,7 @@ class UnsubscribeService:
         return None
 
     async def _mail_unsubscribe(self, event: InboundEvent) -> None:
-        async with self.db.write() as conn:
+        async with self.db.write_now() as conn:
             found = await self._resolve(conn, "unsubscribe", event.payload)
             if found is None:
                 _log.warning("email.unsubscribe_token_invalid")
