@@ -135,6 +135,10 @@ async def test_no_log_line_holds_an_address_a_token_or_a_text(db_url: str) -> No
     level = root.level
     root.addHandler(stdlib)
     root.setLevel(logging.INFO)
+    # An in-process command run by an earlier test (configure_logging) quietens these.
+    libraries = {name: logging.getLogger(name).level for name in ("twilio", "alembic")}
+    for name in libraries:
+        logging.getLogger(name).setLevel(logging.NOTSET)
     try:
         with structlog.testing.capture_logs(processors=processors()) as entries:
             async with running_gateway(db_url) as gw:
@@ -142,6 +146,8 @@ async def test_no_log_line_holds_an_address_a_token_or_a_text(db_url: str) -> No
     finally:
         root.removeHandler(stdlib)
         root.setLevel(level)
+        for name, was in libraries.items():
+            logging.getLogger(name).setLevel(was)
     lines = [json.dumps(e, default=str, ensure_ascii=False) for e in entries]
     lines += stdlib.lines
     assert stdlib.lines  # the libraries did log (twilio's client, alembic ...)
