@@ -384,10 +384,14 @@ class Database:
         (:class:`Precedence`); on SQLite only once the write turn is ours, so it never stands
         aside holding the turn this change waits for.
         """
-        if self._sync_url is None or self.turns is None:
+        if self.turns is None:  # PostgreSQL: no write turn to wait for first
             with self.precedence.applying():
                 async with self.write() as conn:
                     yield conn
+            return
+        if self._sync_url is None:  # an in-memory SQLite database: no other loop shares it
+            async with self.write() as conn:
+                yield conn
             return
         await self.turns.acquire(bulk=False)
         try:
