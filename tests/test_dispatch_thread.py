@@ -130,32 +130,19 @@ async def test_the_other_loop_stands_aside_at_most_the_limit_however_long_a_chan
         assert precedence.standing_aside == 0
 
 
-async def test_serve_s_dispatcher_thread_stands_aside_while_a_stop_is_applied(
-        db_url: str) -> None:
-    """The dispatcher's loop on its own thread waits while the web loop applies a person's
-    change (the gateway shares one Precedence between the two), then sends as before."""
-    async with running_gateway(db_url, dispatch_thread=True) as gw:
-        await gw.subscribe(VOTER)
-        precedence = gw.gateway.db.precedence
-        assert gw.gateway.dispatch_db.precedence is precedence
-        loop = gw.gateway.dispatcher.loop
-        assert loop is not None
-        with precedence.applying():
-            await _when_standing_aside(precedence, loop)
-        await gw.send_and_wait(VOTER, "Polling day is Thursday")
-        assert [sms.to for sms in gw.twilio.messages] == [VOTER]
-
-
 async def test_an_opt_out_s_transaction_is_what_makes_the_dispatcher_stand_aside(
         db_url: str) -> None:
-    """``write_now``, the opt-out's transaction, holds the precedence for as long as it is
-    open: the dispatcher's loop stands aside inside it and goes on once it has committed."""
+    """``write_now``, the opt-out's transaction, holds the precedence the gateway shares
+    with ``serve``'s dispatcher thread for as long as it is open: the dispatcher's loop
+    stands aside inside it, then sends as before once it has committed."""
     async with running_gateway(db_url, dispatch_thread=True) as gw:
         await gw.subscribe(VOTER)
         precedence = gw.gateway.db.precedence
+        assert gw.gateway.dispatch_db.precedence is precedence  # shared with the thread
         loop = gw.gateway.dispatcher.loop
         assert loop is not None
         async with gw.gateway.db.write_now():
             await _when_standing_aside(precedence, loop)
         await gw.send_and_wait(VOTER, "Polling day is Thursday")
+        assert [sms.to for sms in gw.twilio.messages] == [VOTER]
         assert precedence.standing_aside == 0
